@@ -1,0 +1,26 @@
+"""vlmloc: reproduce *Mechanisms of Object Localization in Vision-Language Models* with nnsight.
+
+Public entry points::
+
+    vlm = vlmloc.load_model("toy-llava")            # any id in vlmloc.model_ids()
+    samples = vlmloc.load_coco(annotations, images)  # COCO or the synthetic scenes
+"""
+
+from .adapter import VLM, load_model
+from .data import DataError, Sample, load_coco, resolve_data
+from .registry import ModelSpec, UnknownModelError, get_spec, model_ids, register
+
+__all__ = [
+    "VLM",
+    "DataError",
+    "ModelSpec",
+    "Sample",
+    "UnknownModelError",
+    "get_spec",
+    "load_coco",
+    "load_model",
+    "model_ids",
+    "register",
+    "resolve_data",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,217 @@
+"""Load a supported VLM wrapped in nnsight, with everything the chapters need to know about it.
+
+    vlm = vlmloc.load_model("toy-llava")                 # or "llava-hf/llava-1.5-7b-hf", device="cuda"
+    enc = vlm.encode([image], [vlm.prompt("localization", "star")])
+    layout = vlm.layouts(enc, [image])[0]                # visual token positions and view grids
+    texts = vlm.generate(enc)                            # greedy answers, decoded
+
+All interventions edit the LLM input (after the projector) through :meth:`VLM.generate`'s
+``edit`` hook or inside ``vlm.model.trace(...)``; ``vlm.model`` is an ``nnsight.TransformersModel``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .families import FAMILIES, Family, Task
+from .geometry import ImageLayout, View
+from .metrics import Box
+from .registry import ModelSpec, get_spec
+
+log = logging.getLogger("vlmloc")
+
+#: Answer tags that must survive decoding (InternVL marks them special).
+_KEEP_TAGS = ("<ref>", "</ref>", "<box>", "</box>")
+
+EmbedEdit = Callable[[torch.Tensor], torch.Tensor]
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` picks CUDA when present; an unavailable CUDA device is a clear error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was asked for but no CUDA GPU is visible; pass -p device cpu")
+    return device
+
+
+class VLM:
+    """A loaded model: the nnsight wrapper, its processor and its family's knowledge."""
+
+    def __init__(self, spec: ModelSpec, hf_model: Any, processor: Any, device: str):
+        import nnsight
+
+        self.spec = spec
+        self.family: Family = FAMILIES[spec.family]
+        self.hf = hf_model
+        self.processor = processor
+        self.device = device
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"  # batched generation
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            self.model = nnsight.TransformersModel(hf_model, task="image-text-to-text", processor=processor)
+
+    # --- facts ---------------------------------------------------------------------------------
+    @property
+    def model_id(self) -> str:
+        return self.spec.model_id
+
+    @property
+    def config(self) -> Any:
+        return self.hf.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    @property
+    def image_token_id(self) -> int:
+        return self.family.image_token_id(self.config)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.config.text_config.num_hidden_layers)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.config.text_config.num_attention_heads)
+
+    @property
+    def head_dim(self) -> int:
+        """Per-head width of the o_proj input (not hidden_size // heads: Qwen3 differs)."""
+        return self.hf.model.language_model.layers[0].self_attn.o_proj.in_features // self.n_heads
+
+    @property
+    def language_model(self):
+        """The nnsight envoy of the decoder (``model.language_model``)."""
+        return self.model.model.language_model
+
+    @property
+    def layers(self):
+        return self.model.model.language_model.layers
+
+    # --- prompts and answers -------------------------------------------------------------------
+    def prompt(self, task: Task, category: str = "") -> str:
+        return self.family.chat_prompt(self.processor, self.family.question(task, category))
+
+    def views(self, image_size: tuple[int, int]) -> list[View]:
+        return self.family.views(self.config, self.processor, image_size)
+
+    def parse_box(self, text: str, image_size: tuple[int, int]) -> Box | None:
+        return self.family.parse_box(text, self.views(image_size), image_size)
+
+    def format_box(self, box: Box, image_size: tuple[int, int], category: str) -> str:
+        return self.family.format_box(box, self.views(image_size), image_size, category)
+
+    # --- inputs --------------------------------------------------------------------------------
+    def encode(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> Any:
+        """Processor outputs for a batch (left padded), on the model's device and dtype."""
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+        enc = self.processor(
+            images=[im.convert("RGB") for im in images], text=list(prompts), padding=True, return_tensors="pt"
+        )
+        enc = enc.to(self.device)
+        enc["pixel_values"] = enc["pixel_values"].to(self.dtype)
+        return enc
+
+    def layouts(self, enc: Any, images: Sequence[Image.Image]) -> list[ImageLayout]:
+        """Per batch row: the visual token positions and the views they form."""
+        out = []
+        for row, im in enumerate(images):
+            pos = (enc["input_ids"][row] == self.image_token_id).nonzero().squeeze(-1).cpu()
+            out.append(ImageLayout(pos, self.views(im.size), im.size))
+        return out
+
+    def decode(self, ids: torch.Tensor) -> str:
+        """Decode generated ids, dropping special tokens but keeping ``<ref>``/``<box>`` tags."""
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        for t in self.tokenizer.all_special_tokens:
+            if t not in _KEEP_TAGS:
+                text = text.replace(t, "")
+        return text.strip()
+
+    # --- running -------------------------------------------------------------------------------
+    def input_embeddings(self, enc: Any) -> torch.Tensor:
+        """The LLM input (token embeddings with the projected visual tokens merged in)."""
+        with torch.no_grad(), self.model.trace(enc) as tracer:
+            emb = self.language_model.inputs[1]["inputs_embeds"].save()
+            tracer.stop()  # nothing after the LLM input is needed
+        return emb
+
+    def generate(self, enc: Any, max_new_tokens: int = 24, edit: EmbedEdit | None = None) -> list[str]:
+        """Greedy answers; ``edit`` maps the LLM input embeddings to edited ones (prefill step only)."""
+        with torch.no_grad(), self.model.generate(enc, max_new_tokens=max_new_tokens, do_sample=False) as tracer:
+            if edit is not None:
+                lm = self.language_model
+                args, kwargs = lm.inputs
+                lm.inputs = (args, {**kwargs, "inputs_embeds": edit(kwargs["inputs_embeds"])})
+            ids = tracer.result.save()
+        start = enc["input_ids"].shape[1]
+        return [self.decode(row[start:]) for row in ids]
+
+    def logits(self, enc: Any, edit: EmbedEdit | None = None) -> torch.Tensor:
+        """Next-token logits of a single forward pass, optionally with an input edit."""
+        with torch.no_grad(), self.model.trace(enc):
+            if edit is not None:
+                lm = self.language_model
+                args, kwargs = lm.inputs
+                lm.inputs = (args, {**kwargs, "inputs_embeds": edit(kwargs["inputs_embeds"])})
+            out = self.model.output.logits.save()
+        return out
+
+
+def load_model(
+    model_id: str,
+    device: str = "auto",
+    dtype: str | None = None,
+    attn_implementation: str | None = None,
+    llava_preprocess: str = "pad",
+) -> VLM:
+    """Load a supported model wrapped in nnsight.
+
+    ``dtype`` defaults to the model's (fp16 for LLaVA, bf16 for InternVL, fp32 for toys); on a CPU
+    half precision is replaced by float32. ``attn_implementation="eager"`` only where attention
+    weights are read. ``llava_preprocess``: ``"pad"`` (LLaVA-1.5's own, METHODS.md) or ``"crop"``.
+    """
+    from transformers import AutoProcessor
+
+    spec = get_spec(model_id)
+    dev = resolve_device(device)
+    name = dtype or spec.default_dtype
+    if name not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {name!r}")
+    if dev == "cpu" and name != "float32":
+        log.warning("half precision on a CPU is slow and inexact; using float32")
+        name = "float32"
+    if spec.toy and not (Path(spec.source) / "config.json").exists():
+        raise FileNotFoundError(
+            f"the toy checkpoint {spec.source} is missing; reinstall vlmloc or retrain it with "
+            f"python -m vlmloc.toys.train --family {spec.family} --out {spec.source}"
+        )
+    if llava_preprocess not in ("pad", "crop"):
+        raise ValueError(f"llava_preprocess must be 'pad' or 'crop', got {llava_preprocess!r}")
+    family = FAMILIES[spec.family]
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, name)}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if dev == "cuda" and not spec.toy:
+        kwargs["device_map"] = "auto"  # spreads a 13B model over several GPUs when needed
+    if spec.toy:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    hf = family.hf_class.from_pretrained(spec.source, **kwargs).eval()
+    if "device_map" not in kwargs:
+        hf = hf.to(dev)
+    processor = AutoProcessor.from_pretrained(spec.source)
+    if spec.family == "llava":
+        processor.image_processor.do_pad = llava_preprocess == "pad"
+    return VLM(spec, hf, processor, dev)

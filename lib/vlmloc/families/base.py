@@ -1,0 +1,63 @@
+"""What every model family must say about itself, in one declarative place.
+
+A *family* (LLaVA, InternVL, ...) knows its Hugging Face class, its prompts, its answer format and
+how its processor turns an image into token views. Everything else (generation, interventions,
+metrics) is shared. Adding a family, e.g. Qwen2.5-VL, means one module with a :class:`Family`
+subclass and a few :func:`vlmloc.registry.register` calls; see ``lib/vlmloc/families/README.md``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal
+
+from ..geometry import View
+from ..metrics import Box
+
+Task = Literal["classification", "localization"]
+TASKS: tuple[Task, ...] = ("classification", "localization")
+
+#: METHODS.md: LLaVA-1.5's own grounding prompt and the classification question.
+LOCALIZATION_Q = "Please provide the bounding box coordinate of the region this sentence describes: {name}."
+CLASSIFICATION_Q = "What objects are in this image?"
+
+
+class Family(ABC):
+    """A model family: prompts, answer format and view geometry. Stateless; methods take the processor/config."""
+
+    name: ClassVar[str]
+    hf_class: ClassVar[Any]  # e.g. transformers.LlavaForConditionalGeneration
+
+    # --- prompts -------------------------------------------------------------------------------
+    def question(self, task: Task, category: str) -> str:
+        """The user question for a task (without chat formatting)."""
+        if task == "localization":
+            return LOCALIZATION_Q.format(name=category)
+        if task == "classification":
+            return CLASSIFICATION_Q
+        raise ValueError(f"unknown task {task!r}; use one of {TASKS}")
+
+    @abstractmethod
+    def chat_prompt(self, processor: Any, question: str) -> str:
+        """The full prompt string with the image placeholder, as the processor expects it."""
+
+    # --- answers -------------------------------------------------------------------------------
+    @abstractmethod
+    def format_box(self, box: Box, views: list[View], image_size: tuple[int, int], category: str) -> str:
+        """A ground-truth box (original pixels) written in the model's own answer format."""
+
+    @abstractmethod
+    def parse_box(self, text: str, views: list[View], image_size: tuple[int, int]) -> Box | None:
+        """The first box in an answer, in original-image pixels; ``None`` if there is none."""
+
+    # --- geometry ------------------------------------------------------------------------------
+    @abstractmethod
+    def views(self, config: Any, processor: Any, image_size: tuple[int, int]) -> list[View]:
+        """The views (token grids and the image regions they show) for an image of ``(width, height)``."""
+
+    def image_token_id(self, config: Any) -> int:
+        return int(config.image_token_id)
+
+    # --- module paths (as pyvene-style data) ---------------------------------------------------
+    language_model_path: ClassVar[str] = "model.language_model"
+    projector_path: ClassVar[str] = "model.multi_modal_projector"

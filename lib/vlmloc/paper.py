@@ -1,0 +1,47 @@
+"""The paper's reported numbers, in one place, so that every chapter prints ours beside them.
+
+Source: Schaumlöffel, Vilas and Roig, *Mechanisms of Object Localization in Vision-Language
+Models* (CVPR 2026), Tables 1-3 and Section 3 as summarized in ``paper.md``. All rates are in
+percent; ``None`` marks a number the paper does not report.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CONTROL_SET", "MODELS", "RESULTS", "paper_numbers"]
+
+#: Display names of the paper's models, keyed by the model ids this package loads them with.
+MODELS: dict[str, str] = {
+    "llava-hf/llava-1.5-7b-hf": "LLaVA-1.5-7B",
+    "OpenGVLab/InternVL3_5-8B-HF": "InternVL-3.5-8B",
+}
+
+#: ``RESULTS[model_id][condition] = {"loc": ..., "cls": ...}`` (Tables 1, 2 and 3 of the paper).
+RESULTS: dict[str, dict[str, dict[str, float | None]]] = {
+    "llava-hf/llava-1.5-7b-hf": {
+        "baseline": {"loc": 35.34, "cls": 58.10},
+        "object_tokens": {"loc": 5.92, "cls": 19.44, "share": 8.0},
+        "object_padding_2": {"loc": 0.34, "cls": 10.59, "share": 21.0},
+        "random_tokens": {"loc": 35.09, "cls": 56.58, "share": 8.0},
+        "global_shuffle": {"loc": 1.90, "cls": 62.42},
+        "intra_object_shuffle": {"loc": 35.30, "cls": 58.44},
+    },
+    "OpenGVLab/InternVL3_5-8B-HF": {
+        "baseline": {"loc": 72.64, "cls": 83.30},
+        "object_tokens": {"loc": 11.27, "cls": 33.19},
+        "global_view_object_tokens": {"loc": 36.20, "cls": 73.80},
+        "local_view_object_tokens": {"loc": 62.93, "cls": 76.65},
+    },
+}
+
+#: The object-removal control set of the paper (LLaVA-1.5-7B, LaMa inpainting).
+CONTROL_SET: dict[str, object] = {
+    "model_id": "llava-hf/llava-1.5-7b-hf",
+    "n_kept": 2248,
+    "n_images": 1720,
+    "method": "lama",
+}
+
+
+def paper_numbers(condition: str) -> dict[str, dict[str, float | None]]:
+    """``{display name: {"loc", "cls"}}`` of every paper model that reports ``condition``."""
+    return {MODELS[m]: dict(rows[condition]) for m, rows in RESULTS.items() if condition in rows}

@@ -1,0 +1,3 @@
+"""Figures of the book, out of the notebooks' way: each chapter shows one call per figure."""
+
+from .common import *  # noqa: F403

@@ -1,0 +1,34 @@
+"""Tiny random models at the real geometry, saved as checkpoints and registered, for tests.
+
+Why: every real-model code path (loading, prompts, token positions, view geometry, interventions)
+must run offline without weights. These builders make LLaVA-1.5 and InternVL-3.5 look-alikes with
+the real image geometry and tiny widths, save them with their processors, and register them under
+a model id so that :func:`vlmloc.load_model` loads them like any checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .registry import ModelSpec, register
+from .toys.build import toy_internvl, toy_llava
+
+TINY_TEXT = dict(width=32, layers=2, heads=4, kv_heads=4, mlp=64, head_dim=8)
+#: LLaVA-1.5: CLIP ViT-L/14 at 336 px -> 24 x 24 = 576 tokens (CLS dropped).
+LLAVA_REAL_GEOMETRY = dict(image=336, patch=14, vision_width=16, vision_layers=2, vision_heads=2)
+#: InternVL-3.5: 448 px tiles, 14 px patches -> 32 x 32 -> pixel shuffle 0.5 -> 16 x 16 = 256 per tile.
+INTERNVL_REAL_GEOMETRY = dict(image=448, patch=14, vision_width=16, vision_layers=1, vision_heads=2, max_tiles=12)
+
+
+def save_tiny(family: str, out: str | Path, model_id: str | None = None, seed: int = 0) -> ModelSpec:
+    """Build, save and register a tiny random model of ``family`` at the real geometry."""
+    out = Path(out)
+    if family == "llava":
+        model, proc = toy_llava(seed, vision=LLAVA_REAL_GEOMETRY, text=TINY_TEXT)
+    elif family == "internvl":
+        model, proc = toy_internvl(seed, vision=INTERNVL_REAL_GEOMETRY, text=TINY_TEXT)
+    else:
+        raise ValueError(f"unknown family {family!r}; use 'llava' or 'internvl'")
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return register(ModelSpec(model_id or f"tiny-{family}", family, str(out), "float32", toy=True))
