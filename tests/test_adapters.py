@@ -267,7 +267,9 @@ def test_unknown_model_id_lists_supported_ids():
 
 def test_missing_toy_checkpoint_names_the_retrain_command(monkeypatch, tmp_path):
     missing = tmp_path / "no-such-toy"
-    monkeypatch.setitem(registry.REGISTRY, "missing-toy", ModelSpec("missing-toy", "llava", str(missing), "float32", toy=True))
+    monkeypatch.setitem(
+        registry.REGISTRY, "missing-toy", ModelSpec("missing-toy", "llava", str(missing), "float32", toy=True)
+    )
     with pytest.raises(FileNotFoundError) as err:
         vlmloc.load_model("missing-toy", device="cpu")
     msg = str(err.value)
@@ -285,7 +287,9 @@ def test_bad_dtype_and_preprocess(tiny_llava):
 def test_registry_lists_the_builtin_ids():
     ids = vlmloc.model_ids()
     assert ids == sorted(ids)
-    assert {"llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf", "OpenGVLab/InternVL3_5-8B-HF"} <= set(ids)
+    assert {"llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf", "OpenGVLab/InternVL3_5-8B-HF"} <= set(
+        ids
+    )
     assert registry.get_spec("OpenGVLab/InternVL3_5-8B-HF").family == "internvl"
 
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from vlmloc import inpaint as ip
 
 

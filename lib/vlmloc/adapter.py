@@ -24,7 +24,7 @@ from PIL import Image
 from .families import FAMILIES, Family, Task
 from .geometry import ImageLayout, View
 from .metrics import Box
-from .registry import ModelSpec, get_spec
+from .registry import ModelSpec, get_spec, weights_fingerprint
 
 log = logging.getLogger("vlmloc")
 
@@ -50,6 +50,7 @@ class VLM:
         import nnsight
 
         self.spec = spec
+        self._fingerprint: str | None = None
         self.family: Family = FAMILIES[spec.family]
         self.hf = hf_model
         self.processor = processor
@@ -64,6 +65,13 @@ class VLM:
     @property
     def model_id(self) -> str:
         return self.spec.model_id
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the weights (see :func:`vlmloc.registry.weights_fingerprint`), computed once."""
+        if self._fingerprint is None:
+            self._fingerprint = weights_fingerprint(self.spec.model_id)
+        return self._fingerprint
 
     @property
     def config(self) -> Any:

@@ -232,10 +232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             out = execute(chapter, model, a.out_dir, a.results_dir, **params)
             print(f"  ok in {time.perf_counter() - t0:.0f} s -> {out}", flush=True)
-        except (pm.PapermillExecutionError, FileNotFoundError) as err:
+        except Exception as err:  # a failed or timed-out run must not stop the others
             failures.append((chapter, model))
-            first = str(err).strip().splitlines()
-            print(f"  FAILED in {time.perf_counter() - t0:.0f} s: {' | '.join(first[:3])}", flush=True)
+            if isinstance(err, pm.PapermillExecutionError):
+                what = f"{err.ename}: {err.evalue}"
+            else:
+                what = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            print(f"  FAILED in {time.perf_counter() - t0:.0f} s: {what}", flush=True)
     print(f"{len(runs) - len(failures)}/{len(runs)} runs passed in {time.perf_counter() - total:.0f} s")
     for chapter, model in failures:
         print(f"  failed: {chapter} on {model} (see {executed_path(a.out_dir, chapter, model)})")

@@ -29,7 +29,7 @@ from .evaluate import run_condition
 from .inpaint import inpaint, inpaint_method
 from .store import ResultsStore, model_dirname
 
-__all__ = ["ControlSet", "build_control_set", "control_dir", "load_pairs", "write_manifest"]
+__all__ = ["ControlSet", "build_control_set", "control_dir", "load_pairs", "preview_pairs", "write_manifest"]
 
 Inpainter = Callable[..., tuple[Any, str]]
 
@@ -223,3 +223,19 @@ def build_control_set(
     write_manifest(manifest, pairs, info)
     abs_pairs = [{**p, "inpainted": str(Path(p["inpainted"]).resolve())} for p in pairs]
     return ControlSet(abs_pairs, method, manifest, records)
+
+
+def preview_pairs(samples: Sequence[Sample], n: int = 4, dilate: int = 3) -> list[dict]:
+    """Inpaint the first ``n`` samples in memory (nothing is written), for figures.
+
+    Used to show what inpainting does when a model has no candidates, e.g. an untrained toy that
+    classifies nothing correctly. The entries have the keys :func:`vlmloc.plots.plot_inpaint_pairs` reads.
+    """
+    out = []
+    for s in list(samples)[:n]:
+        image = s.load_image()
+        filled, method = inpaint(image, s.mask(), dilate=dilate)
+        out.append(
+            {"original": image, "inpainted": filled, "category": s.category, "box": s.box, "method": method}
+        )
+    return out

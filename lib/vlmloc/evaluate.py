@@ -53,7 +53,8 @@ def run_condition(
     progress: bool = True,
 ) -> list[dict]:
     """Evaluate ``samples`` on ``task`` under a condition; returns all records (resumed ones too)."""
-    log_ = store.condition(f"{task}-{condition}", {"task": task, **config})
+    # The weights' fingerprint keys the records too: a retrained model never reuses stale ones.
+    log_ = store.condition(f"{task}-{condition}", {"task": task, "weights": vlm.fingerprint, **config})
     by_id = {s.sample_id: s for s in samples}
     todo = [by_id[i] for i in log_.pending(list(by_id))]
     bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"{condition} · {task}", disable=not progress)

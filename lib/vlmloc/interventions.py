@@ -55,7 +55,9 @@ def apply_edits(edits: list[TokenEdit | None]):
 # --- token sets (indices into layout.positions) ------------------------------------------------
 
 
-def random_indices(layout: ImageLayout, k: int, rng: np.random.Generator, kind: str | None = None) -> np.ndarray:
+def random_indices(
+    layout: ImageLayout, k: int, rng: np.random.Generator, kind: str | None = None
+) -> np.ndarray:
     """``k`` visual tokens drawn uniformly (within views of ``kind`` if given): the control set."""
     pool = np.concatenate([layout.token_indices(v) for v in layout.views_of_kind(kind)])
     return np.sort(rng.choice(pool, size=min(k, len(pool)), replace=False))
@@ -136,4 +138,82 @@ def mean_visual_embedding(vlm, images, batch_size: int = 8, cache: str | Path | 
     if cache is not None:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
         torch.save(mean, cache)
+    return mean
+
+
+# --- per-view edits (containerization, chapter 2) ----------------------------------------------
+
+
+def shuffle_within_views(layout: ImageLayout, indices: np.ndarray, rng: np.random.Generator) -> TokenEdit:
+    """Permute the chosen visual tokens among their own positions, separately within each view.
+
+    A token never leaves its view: for InternVL a tile's tokens stay in that tile and the
+    thumbnail's in the thumbnail (LLaVA has one view, so this is :func:`permute`). Global shuffle
+    passes all tokens, intra-object shuffle the object's. ``rng`` needs only ``permutation(n)``.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    targets, sources = [], []
+    for v in layout.views:
+        own = indices[(indices >= v.offset) & (indices < v.offset + v.n_tokens)]
+        if len(own) == 0:
+            continue
+        targets.append(own)
+        sources.append(own[np.asarray(rng.permutation(len(own)), dtype=np.int64)])
+    if not targets:
+        return copy_from(layout, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    return copy_from(layout, np.concatenate(targets), np.concatenate(sources))
+
+
+def pad_within_views(
+    layout: ImageLayout, mask: np.ndarray, rings: int, rng: np.random.Generator
+) -> tuple[TokenEdit, np.ndarray]:
+    """Like :func:`pad_with_object_copies`, but each view's ring gets copies of *that view's* object tokens.
+
+    For LLaVA (one view) the two are the same set and distribution. For InternVL a tile's ring is
+    filled from the object tokens of the same tile, the thumbnail's from the thumbnail: a copy
+    then keeps the scale of the view it lands in. Returns the edit and the grown index set.
+    """
+    obj = layout.object_indices(mask)
+    grown = grown_indices(layout, mask, rings)
+    targets, sources = [], []
+    for v in layout.views:
+        lo, hi = v.offset, v.offset + v.n_tokens
+        own_obj = obj[(obj >= lo) & (obj < hi)]
+        ring = np.setdiff1d(grown[(grown >= lo) & (grown < hi)], own_obj)
+        if len(own_obj) == 0 or len(ring) == 0:
+            continue
+        targets.append(ring)
+        sources.append(rng.choice(own_obj, size=len(ring), replace=True))
+    if not targets:
+        return copy_from(layout, np.zeros(0, np.int64), np.zeros(0, np.int64)), grown
+    return copy_from(layout, np.concatenate(targets), np.concatenate(sources)), grown
+
+
+def cached_mean_visual_embedding(
+    vlm, reference: list, results_dir: str | Path, batch_size: int = 8
+) -> torch.Tensor:
+    """:func:`mean_visual_embedding` over ``reference`` samples' images, cached per model.
+
+    The cache is ``<results_dir>/<model>/mean_visual_embedding.pt`` with a JSON sidecar naming the
+    weights and the reference images; when either differs (a retrained toy, another data set)
+    the mean is recomputed instead of silently reused.
+    """
+    import json
+
+    from .registry import weights_fingerprint
+    from .store import model_dirname
+
+    path = Path(results_dir) / model_dirname(vlm.model_id) / "mean_visual_embedding.pt"
+    image_ids = sorted({str(s.image_path) for s in reference})
+    meta = {"weights": weights_fingerprint(vlm.model_id), "n_images": len(image_ids), "images": image_ids}
+    side = path.with_suffix(".json")
+    if path.exists() and not (side.exists() and json.loads(side.read_text()) == meta):
+        path.unlink()
+    first = {}
+    for s in reference:
+        first.setdefault(str(s.image_path), s)
+    images = [first[i].load_image() for i in image_ids] if not path.exists() else []
+    mean = mean_visual_embedding(vlm, images, batch_size=batch_size, cache=path)
+    side.parent.mkdir(parents=True, exist_ok=True)
+    side.write_text(json.dumps(meta, indent=1))
     return mean

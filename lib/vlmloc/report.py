@@ -26,7 +26,13 @@ __all__ = [
     "collect_summaries",
     "condition_table",
     "control_set_table",
+    "finding_baseline",
+    "finding_control",
+    "finding_gallery",
+    "finding_iou",
+    "finding_sizes",
     "headline_table",
+    "styled",
 ]
 
 SIZE_ORDER = ("small", "medium", "large")
@@ -37,6 +43,11 @@ def _r(x: Any, nd: int = 2) -> float | None:
         return None
     x = float(x)
     return None if math.isnan(x) else round(x, nd)
+
+
+def styled(table: pd.DataFrame, precision: int = 2):
+    """A table for display: fixed decimals and an em dash where a number is not reported."""
+    return table.style.format(precision=precision, na_rep="—")
 
 
 def baseline_summary(records: Mapping[str, Sequence[dict]]) -> dict:
@@ -83,7 +94,9 @@ def baseline_table(model_id: str, ours: Mapping[str, float]) -> pd.DataFrame:
                 "n": None,
             }
         )
-    return pd.DataFrame(rows).set_index("model")
+    df = pd.DataFrame(rows).set_index("model")
+    df["n"] = df["n"].astype("Int64")
+    return df
 
 
 def by_size(records: Mapping[str, Sequence[dict]]) -> pd.DataFrame:
@@ -109,7 +122,7 @@ def by_size(records: Mapping[str, Sequence[dict]]) -> pd.DataFrame:
 def control_set_table(model_id: str, summary: Mapping[str, Any]) -> pd.DataFrame:
     """Candidates, kept pairs and images of this run beside the paper's control set."""
     paper_name = MODELS[str(CONTROL_SET["model_id"])]
-    return pd.DataFrame(
+    df = pd.DataFrame(
         [
             {
                 "model": f"{model_id} (this run)",
@@ -127,6 +140,9 @@ def control_set_table(model_id: str, summary: Mapping[str, Any]) -> pd.DataFrame
             },
         ]
     ).set_index("model")
+    for col in ("classified correctly (candidates)", "kept pairs (annotations)", "images"):
+        df[col] = df[col].astype("Int64")
+    return df
 
 
 # --------------------------------------------------------------------------- the summary page
@@ -199,7 +215,10 @@ def headline_table(collected: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:
                 "inpainting": CONTROL_SET["method"] if mid == CONTROL_SET["model_id"] else None,
             }
         )
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    for col in ("n", "control pairs"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    return df
 
 
 def _conditions(summary: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -216,6 +235,19 @@ def _conditions(summary: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return found
 
 
+#: Summary keys of the chapters (``<section>.<condition>``) and the paper condition each reproduces.
+CONDITION_ALIASES: dict[str, str] = {
+    "baseline": "baseline",
+    "ablation.object": "object_tokens",
+    "ablation.object+2": "object_padding_2",
+    "ablation.random": "random_tokens",
+    "shuffle.global": "global_shuffle",
+    "shuffle.intra_object": "intra_object_shuffle",
+    "views.global": "global_view_object_tokens",
+    "views.local": "local_view_object_tokens",
+}
+
+
 def _norm(name: str) -> str:
     return name.lower().replace("-", "_").replace(" ", "_").replace(".", "_")
 
@@ -223,8 +255,9 @@ def _norm(name: str) -> str:
 def condition_table(collected: Mapping[str, Mapping[str, dict]], chapter: str) -> pd.DataFrame:
     """Every condition with Loc/Cls numbers in ``chapter``'s summaries, ours beside the paper's.
 
-    A condition whose (normalized) name contains a paper condition's name, e.g.
-    ``ablation.object_tokens`` and ``object_tokens``, gets that paper number for each paper model.
+    A condition named in :data:`CONDITION_ALIASES` (e.g. ``ablation.object``), or whose normalized
+    name contains a paper condition's name (e.g. ``ablation.object_tokens``), gets that paper
+    condition's numbers for each paper model.
     """
     rows = []
     paper_conds = sorted({c for rows_ in RESULTS.values() for c in rows_}, key=len, reverse=True)
@@ -234,7 +267,7 @@ def condition_table(collected: Mapping[str, Mapping[str, dict]], chapter: str) -
             continue
         for cond, entry in _conditions(summ).items():
             loc, loc_se, cls, cls_se = _loc_cls(entry)
-            match = next((p for p in paper_conds if p in _norm(cond)), None)
+            match = CONDITION_ALIASES.get(cond) or next((p for p in paper_conds if p in _norm(cond)), None)
             row = {
                 "model": model,
                 "condition": cond,
@@ -249,3 +282,83 @@ def condition_table(collected: Mapping[str, Mapping[str, dict]], chapter: str) -
                 row[f"{name} Cls (paper)"] = p["cls"] if p else None
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- findings in one sentence
+# The numbers change with every model and run, so the sentences are computed, never hand-written.
+
+_PAPER_BASELINES = (
+    "the paper reports Loc 35.34 / Cls 58.10 for LLaVA-1.5-7B and 72.64 / 83.30 for InternVL-3.5-8B on COCO"
+)
+
+
+def finding_baseline(model_id: str, b: Mapping[str, float]) -> str:
+    """The baseline table in one sentence, beside the paper's numbers."""
+    if b["loc"] < b["cls"]:
+        order = "Localization is harder than classification here, as for both paper models."
+    elif b["loc"] == b["cls"]:
+        order = "Loc and Cls are equal here; for both paper models localization is the harder task."
+    else:
+        order = "Localization scores higher than classification here, unlike for both paper models."
+    return (
+        f"On {b['n']} objects, {model_id} reaches Loc {b['loc']:.1f}% ± {b['loc_se']:.1f} and "
+        f"Cls {b['cls']:.1f}% ± {b['cls_se']:.1f}; {_PAPER_BASELINES}. {order}"
+    )
+
+
+def finding_iou(b: Mapping[str, float], records: Sequence[Mapping]) -> str:
+    """The IoU histogram in one sentence."""
+    ious = sorted(float(r["iou"] or 0.0) for r in records)
+    median = ious[len(ious) // 2] if len(ious) % 2 else (ious[len(ious) // 2 - 1] + ious[len(ious) // 2]) / 2
+    return (
+        f"The median IoU is {median:.2f}: {b['iou@0.5']:.0f}% of the boxes reach IoU 0.5, "
+        f"{b['iou@0.7']:.0f}% reach 0.7 and {b['iou@0.9']:.0f}% reach 0.9, and {b['unparsable']} of "
+        f"{b['n']} answers contained no box (counted as IoU 0)."
+    )
+
+
+def finding_gallery(records: Sequence[Mapping], sample_ids: Sequence[str]) -> str:
+    """The box gallery in one sentence."""
+    wanted = set(sample_ids)
+    shown = [r for r in records if r["sample_id"] in wanted]
+    good = sum((r.get("iou") or 0.0) >= 0.5 for r in shown)
+    none = sum(r.get("iou") is None for r in shown)
+    return (
+        f"Of the {len(shown)} objects shown, {good} get a box with IoU ≥ 0.5, "
+        f"{len(shown) - good - none} a box that misses by more, and {none} no box at all."
+    )
+
+
+def finding_sizes(table: pd.DataFrame) -> str:
+    """The size split in one sentence."""
+    loc, cls = table["Loc %"].astype(float), table["Cls %"].astype(float)
+    if loc.max() == loc.min():
+        where = f"Localization is {loc.max():.1f}% for every size class present"
+    else:
+        where = (
+            f"Localization is best on {loc.idxmax()} objects ({loc.max():.1f}%) and worst on "
+            f"{loc.idxmin()} ones ({loc.min():.1f}%)"
+        )
+    spread = (
+        f"classification is {cls.max():.1f}% for every size"
+        if cls.max() == cls.min()
+        else f"classification ranges from {cls.min():.1f}% ({cls.idxmin()}) to {cls.max():.1f}% ({cls.idxmax()})"
+    )
+    return f"{where}; {spread}."
+
+
+def finding_control(model_id: str, summary: Mapping[str, Any], n_samples: int) -> str:
+    """The control set in one sentence, beside the paper's counts."""
+    paper = f"the paper keeps {CONTROL_SET['n_kept']:,} annotations over {CONTROL_SET['n_images']:,} images for LLaVA-1.5-7B with LaMa"
+    if not summary["n_candidates"]:
+        return (
+            f"{model_id} classified none of the {n_samples} objects correctly, so nothing was inpainted and "
+            f"its control set is empty ({paper}); the figure shows {summary['method']} inpainting of the "
+            "first samples instead."
+        )
+    share = 100 * summary["n_kept"] / summary["n_candidates"]
+    return (
+        f"After {summary['method']} inpainting, {summary['n_kept']} of the {summary['n_candidates']} objects that "
+        f"{model_id} classified correctly ({share:.0f}%, over {summary['n_images']} images) are no longer named "
+        f"and form the control set; {paper}."
+    )

@@ -1,3 +1,4 @@
 """Figures of the book, out of the notebooks' way: each chapter shows one call per figure."""
 
 from .common import *  # noqa: F403
+from .containers import *  # noqa: F403

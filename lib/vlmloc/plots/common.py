@@ -128,7 +128,9 @@ def plot_iou_histogram(records: Sequence[Mapping], model_id: str = "") -> Figure
     for t in (0.5, 0.7, 0.9):
         share = 100 * sum(v >= t for v in ious) / max(1, len(records))
         ax.axvline(t, color="black", ls="--", lw=1)
-        ax.text(t + 0.01, 0.97, f"IoU≥{t}: {share:.0f}%", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+        ax.text(
+            t + 0.01, 0.97, f"IoU≥{t}: {share:.0f}%", transform=ax.get_xaxis_transform(), va="top", fontsize=8
+        )
     ax.set_xlim(0, 1)
     ax.set_xlabel("IoU of the predicted box with the true box")
     ax.set_ylabel("objects")
@@ -137,7 +139,9 @@ def plot_iou_histogram(records: Sequence[Mapping], model_id: str = "") -> Figure
     return fig
 
 
-def plot_box_gallery(samples: Sequence[Any], records: Sequence[Mapping], n: int = 8, ncols: int = 4) -> Figure:
+def plot_box_gallery(
+    samples: Sequence[Any], records: Sequence[Mapping], n: int = 8, ncols: int = 4
+) -> Figure:
     """Predicted (dashed) against true (solid) boxes on the first ``n`` samples that have a record."""
     by_id = {r["sample_id"]: r for r in records}
     chosen = [s for s in samples if s.sample_id in by_id][:n]
@@ -173,11 +177,21 @@ def plot_by_size(table: Any, title: str = "") -> Figure:
     fig, ax = plt.subplots(figsize=(6.0, 3.2))
     sizes = list(table.index)
     x = np.arange(len(sizes))
-    for i, (col, se, color) in enumerate((("Loc %", "Loc SE", COLORS["loc"]), ("Cls %", "Cls SE", COLORS["cls"]))):
+    for i, (col, se, color) in enumerate(
+        (("Loc %", "Loc SE", COLORS["loc"]), ("Cls %", "Cls SE", COLORS["cls"]))
+    ):
         if col not in table:
             continue
         vals = table[col].astype(float).fillna(0).to_numpy()
-        ax.bar(x + (i - 0.5) * 0.38, vals, 0.38, yerr=table[se].astype(float).fillna(0).to_numpy(), color=color, label=col[:3], capsize=3)
+        ax.bar(
+            x + (i - 0.5) * 0.38,
+            vals,
+            0.38,
+            yerr=table[se].astype(float).fillna(0).to_numpy(),
+            color=color,
+            label=col[:3],
+            capsize=3,
+        )
     ax.set_xticks(x, [f"{s}\n(n={int(n)})" for s, n in zip(sizes, table["n"], strict=True)])
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)
@@ -221,7 +235,9 @@ def plot_headline(table: Any) -> Figure:
     """Bars of Loc and Cls for every model run (solid) and the paper's models (hatched)."""
     fig, ax = plt.subplots(figsize=(max(5.0, 1.5 * len(table) + 1), 3.4))
     x = np.arange(len(table))
-    for i, (col, se, color) in enumerate((("Loc %", "Loc SE", COLORS["loc"]), ("Cls %", "Cls SE", COLORS["cls"]))):
+    for i, (col, se, color) in enumerate(
+        (("Loc %", "Loc SE", COLORS["loc"]), ("Cls %", "Cls SE", COLORS["cls"]))
+    ):
         vals = table[col].astype(float).fillna(0).to_numpy()
         errs = table[se].astype(float).fillna(0).to_numpy() if se in table else None
         bars = ax.bar(x + (i - 0.5) * 0.38, vals, 0.38, yerr=errs, color=color, label=col[:3], capsize=3)
@@ -229,7 +245,9 @@ def plot_headline(table: Any) -> Figure:
             if src == "paper":
                 b.set_hatch("//")
                 b.set_alpha(0.6)
-    ax.set_xticks(x, [f"{m}\n({s})" for m, s in zip(table["model"], table["source"], strict=True)], fontsize=8)
+    ax.set_xticks(
+        x, [f"{m}\n({s})" for m, s in zip(table["model"], table["source"], strict=True)], fontsize=8
+    )
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)
     ax.legend(frameon=False)

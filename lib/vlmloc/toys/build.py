@@ -25,7 +25,7 @@ from .tokenizer import INTERNVL_CHAT_TEMPLATE, build_tokenizer
 #: 4 px patches -> 16 x 16 patches -> pixel shuffle 0.5 -> 8 x 8 = 64 tokens per view, up to 4 tiles.
 TOY_SIZES = {
     "llava": dict(image=96, patch=8, vision_width=128, vision_layers=4, vision_heads=4),
-    "internvl": dict(image=64, patch=4, vision_width=96, vision_layers=4, vision_heads=4, max_tiles=4),
+    "internvl": dict(image=64, patch=4, vision_width=96, vision_layers=4, vision_heads=4, max_tiles=2),
     "text": dict(width=128, layers=8, heads=8, kv_heads=8, mlp=256, head_dim=16),
 }
 

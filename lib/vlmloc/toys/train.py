@@ -61,7 +61,9 @@ def make_scenes(family: str, processor, config, n: int, seed: int, desc: str) ->
         objs = scene_objects(visible)
         if not objs:
             continue
-        pv = processor.image_processor(images=[img], return_tensors="pt")["pixel_values"]
+        # InternVLProcessor forces crop_to_patches=True; the image processor alone would not tile.
+        extra = {"crop_to_patches": True} if family == "internvl" else {}
+        pv = processor.image_processor(images=[img], return_tensors="pt", **extra)["pixel_values"]
         scenes.append(Scene(img, objs, pv, fam.views(config, processor, img.size)))
     return scenes
 
@@ -296,7 +298,7 @@ def train_decoder(
         opt.step()
         sched.step()
         if step % 50 == 0:
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -358,6 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-eval", type=int, default=500, help="held-out scenes (EVAL_SEED) for the model card")
     p.add_argument("--seed", type=int, default=TRAIN_SEED, help="scene seed (never EVAL_SEED)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    p.add_argument("--init-from", default=None, help="continue from a checkpoint folder (warm start)")
     a = p.parse_args(argv)
     if a.seed == EVAL_SEED:
         p.error("the training seed must differ from the held-out EVAL_SEED")
@@ -365,10 +368,18 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(a.threads)
     t0 = time.time()
     torch.manual_seed(a.seed)
-    model, processor = BUILDERS[a.family](seed=a.seed)
+    if a.init_from:
+        from transformers import AutoProcessor
+
+        from ..families import FAMILIES as _F
+
+        model = _F[a.family].hf_class.from_pretrained(a.init_from, dtype=torch.float32).eval()
+        processor = AutoProcessor.from_pretrained(a.init_from)
+    else:
+        model, processor = BUILDERS[a.family](seed=a.seed)
     scenes = make_scenes(a.family, processor, model.config, a.n_scenes, a.seed, "training scenes")
     t_data = time.time() - t0
-    log1 = train_tower(a.family, model, scenes, a.stage1_steps, a.batch1, a.lr1, a.seed)
+    log1 = train_tower(a.family, model, scenes, a.stage1_steps, a.batch1, a.lr1, a.seed) if a.stage1_steps else {}
     t1 = time.time() - t0 - t_data
     log2 = train_decoder(a.family, model, processor, scenes, a.stage2_steps, a.batch2, a.lr2, a.seed, a.loc_share)
     t2 = time.time() - t0 - t_data - t1
