@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 import vlmloc
 from vlmloc.metrics import class_mentioned, iou
 from vlmloc.registry import TOY_DIR
@@ -53,7 +52,9 @@ def test_toy_answers_fixed_scenes(model_id, fixed_samples):
     cls = vlm.generate(vlm.encode(images, [vlm.prompt("classification")] * len(images)))
     loc = vlm.generate(vlm.encode(images, [vlm.prompt("localization", s.category) for s in fixed_samples]))
     named = [class_mentioned(a, s.category) for a, s in zip(cls, fixed_samples, strict=True)]
-    ious = [iou(vlm.parse_box(a, s.load_image().size), s.box) for a, s in zip(loc, fixed_samples, strict=True)]
+    ious = [
+        iou(vlm.parse_box(a, s.load_image().size), s.box) for a, s in zip(loc, fixed_samples, strict=True)
+    ]
     min_named, min_boxed = SMOKE_BAR[model_id]
     assert sum(named) >= min_named, list(zip(cls, [s.category for s in fixed_samples], strict=True))
     assert sum(i >= 0.5 for i in ious) >= min_boxed, ious

@@ -158,7 +158,10 @@ class VLM:
 
     def generate(self, enc: Any, max_new_tokens: int = 24, edit: EmbedEdit | None = None) -> list[str]:
         """Greedy answers; ``edit`` maps the LLM input embeddings to edited ones (prefill step only)."""
-        with torch.no_grad(), self.model.generate(enc, max_new_tokens=max_new_tokens, do_sample=False) as tracer:
+        with (
+            torch.no_grad(),
+            self.model.generate(enc, max_new_tokens=max_new_tokens, do_sample=False) as tracer,
+        ):
             if edit is not None:
                 lm = self.language_model
                 args, kwargs = lm.inputs

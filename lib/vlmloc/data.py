@@ -80,14 +80,18 @@ def load_coco(
             "(e.g. -p annotations /data/coco/annotations/instances_val2017.json) or leave it None for the synthetic set"
         )
     if not img_dir.is_dir():
-        raise DataError(f"image folder {img_dir} does not exist; pass the folder of the images (e.g. /data/coco/val2017)")
+        raise DataError(
+            f"image folder {img_dir} does not exist; pass the folder of the images (e.g. /data/coco/val2017)"
+        )
     try:
         raw = json.loads(ann_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"annotations file {ann_path} is not valid JSON ({e})") from None
     missing = [k for k in ("images", "annotations", "categories") if k not in raw]
     if missing:
-        raise DataError(f"annotations file {ann_path} is not a COCO instances file: it lacks {', '.join(missing)}")
+        raise DataError(
+            f"annotations file {ann_path} is not a COCO instances file: it lacks {', '.join(missing)}"
+        )
     coco = COCO()
     coco.dataset = raw
     with contextlib.redirect_stdout(io.StringIO()):
@@ -126,7 +130,9 @@ def load_coco(
     if limit is not None:
         samples = samples[:limit]
     if not samples:
-        raise DataError(f"no annotation of {ann_path} passes the filter (single instance of its class, area >= 1%)")
+        raise DataError(
+            f"no annotation of {ann_path} passes the filter (single instance of its class, area >= 1%)"
+        )
     return samples
 
 
@@ -137,5 +143,7 @@ def resolve_data(annotations: str | None, images: str | None, n_embedded: int = 
     if annotations is None and images is None:
         return embedded_dataset(n_embedded)
     if annotations is None or images is None:
-        raise DataError("pass both annotations and images (a COCO instances file and its image folder), or neither")
+        raise DataError(
+            "pass both annotations and images (a COCO instances file and its image folder), or neither"
+        )
     return Path(annotations), Path(images)

@@ -57,7 +57,12 @@ def run_condition(
     log_ = store.condition(f"{task}-{condition}", {"task": task, "weights": vlm.fingerprint, **config})
     by_id = {s.sample_id: s for s in samples}
     todo = [by_id[i] for i in log_.pending(list(by_id))]
-    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"{condition} · {task}", disable=not progress)
+    bar = tqdm(
+        total=len(samples),
+        initial=len(samples) - len(todo),
+        desc=f"{condition} · {task}",
+        disable=not progress,
+    )
     for i in range(0, len(todo), batch_size):
         chunk = todo[i : i + batch_size]
         images = [s.load_image() for s in chunk]
@@ -69,7 +74,13 @@ def run_condition(
             edit = apply_edits([edit_for(s, lay) for s, lay in zip(chunk, layouts, strict=True)])
         answers = vlm.generate(enc, max_new_tokens=max_new_tokens, edit=edit)
         for s, p, a in zip(chunk, prompts, answers, strict=True):
-            rec = {"sample_id": s.sample_id, "category": s.category, "size": s.size_class, "prompt": p, "answer": a}
+            rec = {
+                "sample_id": s.sample_id,
+                "category": s.category,
+                "size": s.size_class,
+                "prompt": p,
+                "answer": a,
+            }
             log_.append({**rec, **score(vlm, s, task, a)})
         bar.update(len(chunk))
     bar.close()

@@ -190,7 +190,7 @@ def pad_within_views(
 
 
 def cached_mean_visual_embedding(
-    vlm, reference: list, results_dir: str | Path, batch_size: int = 8
+    vlm, reference: list, results_dir: str | Path, batch_size: int = 8, progress: bool = True
 ) -> torch.Tensor:
     """:func:`mean_visual_embedding` over ``reference`` samples' images, cached per model.
 
@@ -198,6 +198,8 @@ def cached_mean_visual_embedding(
     weights and the reference images; when either differs (a retrained toy, another data set)
     the mean is recomputed instead of silently reused.
     """
+    import contextlib
+    import io
     import json
 
     from .registry import weights_fingerprint
@@ -213,7 +215,9 @@ def cached_mean_visual_embedding(
     for s in reference:
         first.setdefault(str(s.image_path), s)
     images = [first[i].load_image() for i in image_ids] if not path.exists() else []
-    mean = mean_visual_embedding(vlm, images, batch_size=batch_size, cache=path)
+    quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
+    with quiet:  # mean_visual_embedding always shows a progress bar
+        mean = mean_visual_embedding(vlm, images, batch_size=batch_size, cache=path)
     side.parent.mkdir(parents=True, exist_ok=True)
     side.write_text(json.dumps(meta, indent=1))
     return mean

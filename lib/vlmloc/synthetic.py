@@ -259,7 +259,9 @@ def write_dataset(out: str | Path, n: int, seed: int, progress: bool = False) ->
     return path
 
 
-def embedded_dataset(n: int = 500, seed: int = EVAL_SEED, root: str | Path | None = None) -> tuple[Path, Path]:
+def embedded_dataset(
+    n: int = 500, seed: int = EVAL_SEED, root: str | Path | None = None
+) -> tuple[Path, Path]:
     """Return ``(annotations, images)`` of the embedded synthetic set, generating it once.
 
     The set is deterministic in ``(n, seed)``, so it is generated into a cache folder instead of

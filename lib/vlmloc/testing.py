@@ -17,7 +17,9 @@ TINY_TEXT = dict(width=32, layers=2, heads=4, kv_heads=4, mlp=64, head_dim=8)
 #: LLaVA-1.5: CLIP ViT-L/14 at 336 px -> 24 x 24 = 576 tokens (CLS dropped).
 LLAVA_REAL_GEOMETRY = dict(image=336, patch=14, vision_width=16, vision_layers=2, vision_heads=2)
 #: InternVL-3.5: 448 px tiles, 14 px patches -> 32 x 32 -> pixel shuffle 0.5 -> 16 x 16 = 256 per tile.
-INTERNVL_REAL_GEOMETRY = dict(image=448, patch=14, vision_width=16, vision_layers=1, vision_heads=2, max_tiles=12)
+INTERNVL_REAL_GEOMETRY = dict(
+    image=448, patch=14, vision_width=16, vision_layers=1, vision_heads=2, max_tiles=12
+)
 
 
 def save_tiny(family: str, out: str | Path, model_id: str | None = None, seed: int = 0) -> ModelSpec:

@@ -13,7 +13,9 @@ from ..metrics import Box
 from .base import Family
 
 #: METHODS.md: InternVL's grounding question wraps the name in <ref> tags.
-INTERNVL_LOCALIZATION_Q = "Please provide the bounding box coordinate of the region this sentence describes: <ref>{name}</ref>"
+INTERNVL_LOCALIZATION_Q = (
+    "Please provide the bounding box coordinate of the region this sentence describes: <ref>{name}</ref>"
+)
 
 
 class InternVLFamily(Family):

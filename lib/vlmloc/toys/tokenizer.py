@@ -50,7 +50,9 @@ INTERNVL_CHAT_TEMPLATE = (
 
 
 def _words(text: str) -> list[str]:
-    pre = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(_SPLIT, "isolated")])
+    pre = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(_SPLIT, "isolated")]
+    )
     return [w for w, _ in pre.pre_tokenize_str(text)]
 
 

@@ -48,7 +48,9 @@ def scene_objects(visible) -> list[tuple[str, np.ndarray, tuple[float, float, fl
         ys, xs = np.nonzero(m)
         if len(xs) < 12:
             continue
-        out.append((spec.category, m, (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))))
+        out.append(
+            (spec.category, m, (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)))
+        )
     return out
 
 
@@ -109,7 +111,9 @@ def project(family: str, model, tokens: torch.Tensor) -> torch.Tensor:
     if family == "internvl":
         b, n, c = tokens.shape
         side = int(math.isqrt(n))
-        x = model.model.pixel_shuffle(tokens.reshape(b, side, side, c), scale_factor=model.config.downsample_ratio)
+        x = model.model.pixel_shuffle(
+            tokens.reshape(b, side, side, c), scale_factor=model.config.downsample_ratio
+        )
         tokens = x.reshape(b, -1, x.shape[-1])
     return model.model.multi_modal_projector(tokens)
 
@@ -131,7 +135,9 @@ def warmup_cosine(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_sche
 # ----------------------------------------------------------------------------------------------
 
 
-def train_tower(family: str, model, scenes: list[Scene], steps: int, batch: int, lr: float, seed: int) -> dict:
+def train_tower(
+    family: str, model, scenes: list[Scene], steps: int, batch: int, lr: float, seed: int
+) -> dict:
     cfg = model.config.vision_config
     img = cfg.image_size[0] if isinstance(cfg.image_size, list | tuple) else cfg.image_size
     patch = cfg.patch_size[0] if isinstance(cfg.patch_size, list | tuple) else cfg.patch_size
@@ -158,7 +164,9 @@ def train_tower(family: str, model, scenes: list[Scene], steps: int, batch: int,
         feats = tower_tokens(family, model, pix_t[idx])
         out = heads(feats)
         l_obj = F.binary_cross_entropy_with_logits(out[..., 0], obj_t[idx])
-        l_cls = F.cross_entropy(out[..., 1:].reshape(-1, len(CLASSES)), cls_t[idx].reshape(-1), ignore_index=-100)
+        l_cls = F.cross_entropy(
+            out[..., 1:].reshape(-1, len(CLASSES)), cls_t[idx].reshape(-1), ignore_index=-100
+        )
         loss = l_obj + l_cls
         opt.zero_grad()
         loss.backward()
@@ -247,7 +255,10 @@ def train_decoder(
 ) -> dict:
     tok = processor.tokenizer
     with torch.no_grad():
-        feats = [tower_tokens(family, model, s.pixel_values).to(torch.bfloat16) for s in tqdm(scenes, desc="cache tower", mininterval=10)]
+        feats = [
+            tower_tokens(family, model, s.pixel_values).to(torch.bfloat16)
+            for s in tqdm(scenes, desc="cache tower", mininterval=10)
+        ]
     examples = build_examples(family, processor, scenes)
     starts = _box_start_ids(family, tok)
     loc_ex = [e for e in examples if e[2][0] in starts]
@@ -264,7 +275,9 @@ def train_decoder(
     model.train()
     bar = tqdm(range(steps), desc=f"stage 2 ({family} decoder)", mininterval=10)
     for step in bar:
-        chosen = [rnd.choice(loc_ex) if rnd.random() < loc_share else rnd.choice(cls_ex) for _ in range(batch)]
+        chosen = [
+            rnd.choice(loc_ex) if rnd.random() < loc_share else rnd.choice(cls_ex) for _ in range(batch)
+        ]
         seqs = [p + a for _, p, a in chosen]
         L = max(len(s) for s in seqs)
         ids = torch.full((batch, L), tok.pad_token_id)
@@ -333,7 +346,9 @@ def quick_eval(family: str, model, processor, scenes: list[Scene], batch: int = 
         for i in tqdm(range(0, len(jobs), batch), desc=f"eval {task}", mininterval=10):
             chunk = jobs[i : i + batch]
             prompts = [fam.chat_prompt(processor, fam.question(task, c)) for _, c, _ in chunk]
-            enc = processor(images=[s.image for s, _, _ in chunk], text=prompts, padding=True, return_tensors="pt")
+            enc = processor(
+                images=[s.image for s, _, _ in chunk], text=prompts, padding=True, return_tensors="pt"
+            )
             out = model.generate(**enc, max_new_tokens=20, do_sample=False)
             texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             for (s, cat, box), t in zip(chunk, texts, strict=True):
@@ -379,9 +394,15 @@ def main(argv: list[str] | None = None) -> None:
         model, processor = BUILDERS[a.family](seed=a.seed)
     scenes = make_scenes(a.family, processor, model.config, a.n_scenes, a.seed, "training scenes")
     t_data = time.time() - t0
-    log1 = train_tower(a.family, model, scenes, a.stage1_steps, a.batch1, a.lr1, a.seed) if a.stage1_steps else {}
+    log1 = (
+        train_tower(a.family, model, scenes, a.stage1_steps, a.batch1, a.lr1, a.seed)
+        if a.stage1_steps
+        else {}
+    )
     t1 = time.time() - t0 - t_data
-    log2 = train_decoder(a.family, model, processor, scenes, a.stage2_steps, a.batch2, a.lr2, a.seed, a.loc_share)
+    log2 = train_decoder(
+        a.family, model, processor, scenes, a.stage2_steps, a.batch2, a.lr2, a.seed, a.loc_share
+    )
     t2 = time.time() - t0 - t_data - t1
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -394,7 +415,12 @@ def main(argv: list[str] | None = None) -> None:
     card = {
         "family": a.family,
         "args": vars(a),
-        "seconds": {"data": round(t_data), "stage1": round(t1), "stage2": round(t2), "total": round(time.time() - t0)},
+        "seconds": {
+            "data": round(t_data),
+            "stage1": round(t1),
+            "stage2": round(t2),
+            "total": round(time.time() - t0),
+        },
         "stage1": log1,
         "stage2": log2,
         "held_out": metrics,
