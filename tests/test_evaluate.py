@@ -57,7 +57,9 @@ def test_run_condition_writes_one_record_per_sample(tiny_llava, four, tmp_path):
         assert isinstance(r["answer"], str)
         parsed = tiny_llava.parse_box(r["answer"], (s.width, s.height))
         assert (r["iou"] is None) == (parsed is None) == (r["box"] is None)
-    on_disk = store.condition("localization-baseline", {"task": "localization", "weights": tiny_llava.fingerprint, "n": 4}).records()
+    on_disk = store.condition(
+        "localization-baseline", {"task": "localization", "weights": tiny_llava.fingerprint, "n": 4}
+    ).records()
     assert [r["sample_id"] for r in on_disk] == [r["sample_id"] for r in recs]
 
 
@@ -76,7 +78,9 @@ def test_interrupted_run_resumes_with_the_pending_samples(tiny_llava, four, tmp_
         run_condition(
             tiny_llava, four, "classification", store, "resume", {"k": 1}, edit_for=failing_edit_for, **kw
         )
-    first = store.condition("classification-resume", {"task": "classification", "weights": tiny_llava.fingerprint, "k": 1}).done_ids()
+    first = store.condition(
+        "classification-resume", {"task": "classification", "weights": tiny_llava.fingerprint, "k": 1}
+    ).done_ids()
     assert first == {four[0].sample_id, four[1].sample_id}
 
     calls = _count_generate(monkeypatch, tiny_llava)
@@ -112,7 +116,9 @@ def test_changed_config_starts_a_fresh_log(tiny_llava, four, tmp_path, monkeypat
     recs = run_condition(tiny_llava, four, "classification", store, "cfg", {"alpha": 2}, **kw)
     assert calls == [2, 4]  # nothing is resumed across configurations
     assert len(recs) == 4
-    old = store.condition("classification-cfg", {"task": "classification", "weights": tiny_llava.fingerprint, "alpha": 1})
+    old = store.condition(
+        "classification-cfg", {"task": "classification", "weights": tiny_llava.fingerprint, "alpha": 1}
+    )
     assert len(old.records()) == 2  # the old log is left as it was
     for r in recs:  # the fake answer names only a star
         assert r["correct"] == (r["category"] == "star")

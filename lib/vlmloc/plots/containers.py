@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+from ..containerization import PAPER_CONDITION
 from ..paper import MODELS, RESULTS
 from .common import COLORS
 
@@ -39,14 +40,6 @@ _SET_COLORS = {
     "object+2": "#e9c46a",
 }
 _PAPER_MARKERS = {"llava-hf/llava-1.5-7b-hf": "D", "OpenGVLab/InternVL3_5-8B-HF": "s"}
-_PAPER_NAMES = {
-    "baseline": "baseline",
-    "object": "object_tokens",
-    "object+2": "object_padding_2",
-    "random": "random_tokens",
-    "global": "global_shuffle",
-    "intra_object": "intra_object_shuffle",
-}
 _LABELS = {
     "baseline": "baseline",
     "object": "object",
@@ -176,7 +169,7 @@ def plot_token_sets(
 
 
 def _paper_marks(ax, x: float, condition: str, key: str, label_done: set) -> None:
-    name = _PAPER_NAMES.get(condition)
+    name = PAPER_CONDITION.get(condition)
     for mid, marker in _PAPER_MARKERS.items():
         p = RESULTS[mid].get(name) if name else None
         if p is None or p.get(key) is None:
