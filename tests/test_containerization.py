@@ -281,17 +281,6 @@ ROOT = Path(__file__).resolve().parents[1]
 KEYS_ABLATION = {"loc", "cls", "token_share", "loc_se", "cls_se"}
 
 
-def _chapter2_source() -> Path:
-    """The chapter's notebook: in notebooks/ once it is in the book, in notebooks/drafts/ before."""
-    for path in (
-        ROOT / "notebooks" / "02_containerization.ipynb",
-        ROOT / "notebooks" / "drafts" / "02_containerization.ipynb",
-    ):
-        if path.is_file():
-            return path
-    raise FileNotFoundError("no 02_containerization.ipynb in notebooks/ or notebooks/drafts/")
-
-
 @pytest.mark.notebooks
 @pytest.mark.parametrize("model_id", ["toy-llava", "toy-internvl"])
 def test_chapter_2_executes_and_writes_its_summary(model_id, tmp_path):
@@ -300,7 +289,7 @@ def test_chapter_2_executes_and_writes_its_summary(model_id, tmp_path):
 
     results = tmp_path / "results"
     pm.execute_notebook(
-        str(_chapter2_source()),
+        str(ROOT / "notebooks" / "02_containerization.ipynb"),
         str(tmp_path / "02_containerization.ipynb"),
         parameters=dict(
             model_id=model_id, results_dir=str(results), n_samples=12, n_reference=8, ig_steps=2, device="cpu"

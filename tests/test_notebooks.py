@@ -164,9 +164,11 @@ def test_plan_runs_every_chapter_on_its_models_summary_last():
     assert runs == [
         (CH1, "toy-llava"),
         (CH1, "toy-internvl"),
+        ("02_containerization", "toy-llava"),
+        ("02_containerization", "toy-internvl"),
         ("summary", "toy-llava"),
     ]
-    assert chapters.plan(models=["x"]) == [(CH1, "x"), ("summary", "toy-llava")]
+    assert chapters.plan(models=["x"]) == [(CH1, "x"), ("02_containerization", "x"), ("summary", "toy-llava")]
     assert chapters.plan(chapters=["summary"]) == [("summary", "toy-llava")]
     with pytest.raises(ValueError, match="unknown chapter"):
         chapters.plan(chapters=["03_nope"])
@@ -201,7 +203,8 @@ def test_stage_fails_naming_the_missing_run_and_copies_nothing(tmp_path):
     msg = str(info.value)
     assert f"missing run: {CH1} on toy-llava" in msg
     assert "missing run: summary" not in msg
-    assert f"python -m vlmloc.chapters run --chapters {CH1} --models toy-llava" in msg
+    missing = " ".join(name for name, _ in chapters.CHAPTERS if name != "summary")
+    assert f"python -m vlmloc.chapters run --chapters {missing} --models toy-llava" in msg
     assert not book.exists() or not any(book.iterdir()), "a partial book must not be staged"
 
 

@@ -13,9 +13,10 @@ from vlmloc.synthetic import EVAL_SEED
 TOYS = ["toy-llava", "toy-internvl"]
 
 #: Regression guard of the shipped weights on 12 large held-out objects: (named at least, IoU >= 0.5 at
-#: least). These are what the shipped toys do (11/7 and 9/1 at release, minus a margin), NOT the
-#: project's quality bar (classification >= 90%, Loc >= 40%), which the toys do not reach yet.
-SMOKE_BAR = {"toy-llava": (10, 6), "toy-internvl": (7, 1)}
+#: least). The shipped toys name 9 and 11 and box 8 and 11 of them (toy-llava, toy-internvl); the bar
+#: sits one below. This is a smoke test of the weights, not the project's quality bar
+#: (classification >= 90%, Loc >= 40% on 500 held-out scenes), which the model cards report.
+SMOKE_BAR = {"toy-llava": (8, 7), "toy-internvl": (10, 10)}
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +78,37 @@ def test_training_script_runs_end_to_end(family, tmp_path):
     assert set(card["held_out"]) == {"classification", "localization"}
     spec = vlmloc.register(vlmloc.ModelSpec(f"retrained-{family}", family, str(out), "float32", toy=True))
     assert vlmloc.load_model(spec.model_id, device="cpu").spec.family == family
+
+
+@pytest.mark.parametrize(("family", "model_id"), [("llava", "toy-llava"), ("internvl", "toy-internvl")])
+def test_shared_prefix_training_logits_equal_full_sequences(family, model_id):
+    """Stage 2 runs each scene's image prefix once and its questions from the KV cache; the logits
+    at every answer position must be those of the full prompt + answer run through the model."""
+    import torch
+    from vlmloc.families import FAMILIES
+    from vlmloc.toys import train
+
+    vlm = vlmloc.load_model(model_id, device="cpu")
+    model, processor = vlm.hf, vlm.processor
+    scenes = train.make_scenes(family, processor, model.config, 6, 5, "scenes")
+    examples = train.build_examples(family, processor, scenes)
+    batch = [e for e in examples if len(e.prefix) == len(examples[0].prefix)][:3]
+    assert sum(len(e.questions) for e in batch) > len(batch)  # at least one scene shares its prefix
+    feats = [train.tower_tokens(family, model, s.pixel_values) for s in scenes]
+    image_id = FAMILIES[family].image_token_id(model.config)
+    lm = model.model.language_model
+    with torch.no_grad():
+        shared, targets = train.answer_logits(family, model, processor.tokenizer, feats, batch)
+        full, full_targets = [], []
+        for e in batch:
+            for question, answer in e.questions:
+                ids = torch.tensor([e.prefix + question + answer])
+                emb = lm.embed_tokens(ids)
+                img = train.project(family, model, feats[e.scene])
+                emb = emb.masked_scatter((ids == image_id).unsqueeze(-1), img.reshape(-1, img.shape[-1]))
+                logits = model.lm_head(lm(inputs_embeds=emb).last_hidden_state)[0]
+                start = len(e.prefix) + len(question) - 1
+                full.append(logits[start : start + len(answer)])
+                full_targets += answer
+    assert targets == full_targets
+    assert torch.allclose(shared, torch.cat(full), atol=1e-4), (shared - torch.cat(full)).abs().max()

@@ -6,6 +6,14 @@ Public entry points::
     samples = vlmloc.load_coco(annotations, images)  # COCO or the synthetic scenes
 """
 
+import warnings as _warnings
+
+with _warnings.catch_warnings():
+    # tqdm.auto warns once, on import, when ipywidgets is missing and falls back to text bars. The
+    # chapters switch progress bars off, so the warning would only clutter their first output.
+    _warnings.filterwarnings("ignore", message="IProgress not found")
+    import tqdm.auto  # noqa: F401
+
 from .adapter import VLM, load_model
 from .data import DataError, Sample, load_coco, resolve_data
 from .registry import ModelSpec, UnknownModelError, get_spec, model_ids, register

@@ -45,7 +45,7 @@ DEFAULT_MODEL = "toy-llava"
 #: reads every model's results, so it runs once (with the default model) after the others.
 CHAPTERS: list[tuple[str, tuple[str, ...]]] = [
     ("01_data_and_baselines", TOYS),
-    # 02_containerization joins here once its notebook (notebooks/drafts/) has passed CI on both toys.
+    ("02_containerization", TOYS),
     ("summary", (DEFAULT_MODEL,)),
 ]
 #: Chapters that run once whatever ``--models`` says.

@@ -47,7 +47,7 @@ from .interventions import (
     replace_with,
     shuffle_within_views,
 )
-from .paper import MODELS, RESULTS
+from .paper import MODELS, RESULTS, SUMMARY_CONDITIONS
 from .store import ResultsStore
 
 __all__ = [
@@ -87,12 +87,9 @@ LABELS = {
 }
 #: Our condition -> the paper's name in :data:`vlmloc.paper.RESULTS`.
 PAPER_CONDITION = {
-    "baseline": "baseline",
-    "object": "object_tokens",
-    "object+2": "object_padding_2",
-    "random": "random_tokens",
-    "global": "global_shuffle",
-    "intra_object": "intra_object_shuffle",
+    key.rpartition(".")[2]: name
+    for key, name in SUMMARY_CONDITIONS.items()
+    if key.partition(".")[0] in ("baseline", "ablation", "shuffle")
 }
 
 

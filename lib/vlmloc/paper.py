@@ -7,7 +7,7 @@ percent; ``None`` marks a number the paper does not report.
 
 from __future__ import annotations
 
-__all__ = ["CONTROL_SET", "MODELS", "RESULTS", "paper_numbers"]
+__all__ = ["CONTROL_SET", "MODELS", "RESULTS", "SUMMARY_CONDITIONS", "paper_numbers"]
 
 #: Display names of the paper's models, keyed by the model ids this package loads them with.
 MODELS: dict[str, str] = {
@@ -31,6 +31,19 @@ RESULTS: dict[str, dict[str, dict[str, float | None]]] = {
         "global_view_object_tokens": {"loc": 36.20, "cls": 73.80},
         "local_view_object_tokens": {"loc": 62.93, "cls": 76.65},
     },
+}
+
+#: Keys of the chapters' summaries (``<section>.<condition>``) and the paper condition each one
+#: reproduces; the chapters' tables and the results page both read this.
+SUMMARY_CONDITIONS: dict[str, str] = {
+    "baseline": "baseline",
+    "ablation.object": "object_tokens",
+    "ablation.object+2": "object_padding_2",
+    "ablation.random": "random_tokens",
+    "shuffle.global": "global_shuffle",
+    "shuffle.intra_object": "intra_object_shuffle",
+    "views.global": "global_view_object_tokens",
+    "views.local": "local_view_object_tokens",
 }
 
 #: The object-removal control set of the paper (LLaVA-1.5-7B, LaMa inpainting).

@@ -16,7 +16,7 @@ import pandas as pd
 
 from .evaluate import summarize
 from .metrics import THRESHOLDS
-from .paper import CONTROL_SET, MODELS, RESULTS
+from .paper import CONTROL_SET, MODELS, RESULTS, SUMMARY_CONDITIONS
 
 __all__ = [
     "SIZE_ORDER",
@@ -235,17 +235,8 @@ def _conditions(summary: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return found
 
 
-#: Summary keys of the chapters (``<section>.<condition>``) and the paper condition each reproduces.
-CONDITION_ALIASES: dict[str, str] = {
-    "baseline": "baseline",
-    "ablation.object": "object_tokens",
-    "ablation.object+2": "object_padding_2",
-    "ablation.random": "random_tokens",
-    "shuffle.global": "global_shuffle",
-    "shuffle.intra_object": "intra_object_shuffle",
-    "views.global": "global_view_object_tokens",
-    "views.local": "local_view_object_tokens",
-}
+#: Summary keys of the chapters and the paper condition each reproduces (defined in ``paper``).
+CONDITION_ALIASES: dict[str, str] = SUMMARY_CONDITIONS
 
 
 def _norm(name: str) -> str:
