@@ -133,8 +133,10 @@ def test_collect_and_summary_tables(tmp_path):
     write_summary(tmp_path, "toy-llava", "02_containerization",
                   {"model_id": "toy-llava", "ablation": {"object_tokens": {"loc": 1.0, "cls": 2.0}},
                    "shuffle": {"intra_object": {"loc": 9.0}}})  # fmt: skip
-    (tmp_path / "toy-llava" / "broken.json").write_text("{")
+    (tmp_path / "toy-llava" / "03_broken.json").write_text("{")
+    (tmp_path / "toy-llava" / "mean_visual_embedding.json").write_text('{"weights": "abc"}')  # a sidecar
     got = report.collect_summaries(tmp_path)
+    assert set(got["toy-llava"]["_errors"]) == {"03_broken.json"}
     assert set(got["toy-llava"]) == {"01_data_and_baselines", "02_containerization", "_errors"}
     head = report.headline_table(got)
     assert list(head["source"]) == ["this book", "paper", "paper"]

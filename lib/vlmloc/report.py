@@ -152,13 +152,14 @@ def collect_summaries(results_dir: str | Path) -> dict[str, dict[str, dict]]:
     """``{model_id: {chapter: summary}}`` from every ``<results_dir>/<model>/*.json``.
 
     The model id is the summary's ``model_id`` when it has one, else the folder name. Unreadable
-    files are skipped with their error recorded under the chapter key ``"_errors"``.
+    files are skipped with their error recorded under the chapter key ``"_errors"``. Only chapter
+    summaries (``NN_name.json``) count; sidecars such as ``mean_visual_embedding.json`` do not.
     """
     out: dict[str, dict[str, dict]] = {}
     root = Path(results_dir)
     if not root.is_dir():
         return out
-    for path in sorted(root.glob("*/*.json")):
+    for path in sorted(root.glob("*/[0-9][0-9]_*.json")):
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
