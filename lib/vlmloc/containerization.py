@@ -577,6 +577,15 @@ def _se(*ses: float) -> float:
     return math.sqrt(sum(s * s for s in ses))
 
 
+#: How a finding ends when the baseline leaves no room for the drop the paper reports.
+_UNTESTABLE = "; the {what} too low for a drop to show, so this run cannot test the paper's claim."
+
+
+def _can_drop(baseline: Mapping, key: str) -> bool:
+    """Is the baseline rate ``key`` far enough above zero (2 SE, at least 2 points) for a drop to show?"""
+    return baseline[key] >= 2 * max(baseline[f"{key}_se"], 1.0)
+
+
 def ablation_finding(summary: Mapping) -> str:
     """One sentence: does ablating the object hurt Loc and Cls more than random tokens, as in the paper?"""
     m, b, a = summary["model_id"], summary["baseline"], summary["ablation"]
@@ -587,12 +596,9 @@ def ablation_finding(summary: Mapping) -> str:
         f"{rnd['loc']:.1f}% and {rnd['cls']:.1f}% for as many random tokens"
     )
     names = {"loc": "Loc", "cls": "Cls"}
-    testable = [t for t in ("loc", "cls") if b[t] >= 2 * max(b[f"{t}_se"], 1.0)]
+    testable = [t for t in ("loc", "cls") if _can_drop(b, t)]
     if not testable:
-        return (
-            head
-            + "; the baselines are too low for a drop to show, so this run cannot test the paper's claim."
-        )
+        return head + _UNTESTABLE.format(what="baselines are")
     hurt = [t for t in testable if rnd[t] - obj[t] > 2 * _se(obj[f"{t}_se"], rnd[f"{t}_se"])]
     paper = (
         "InternVL-3.5-8B: Loc 72.64→11.27 and Cls 83.30→33.19 for object tokens"
@@ -651,11 +657,8 @@ def shuffle_finding(summary: Mapping) -> str:
         f"On {m}, a global shuffle moves Loc {b['loc']:.1f}→{g['loc']:.1f}% and an intra-object shuffle "
         f"to {i['loc']:.1f}% (Cls {g['cls']:.1f}% and {i['cls']:.1f}%, baseline {b['cls']:.1f}%)"
     )
-    if b["loc"] < 2 * max(b["loc_se"], 1.0):
-        return (
-            head
-            + "; the baseline Loc is too low for a drop to show, so this run cannot test the paper's claim."
-        )
+    if not _can_drop(b, "loc"):
+        return head + _UNTESTABLE.format(what="baseline Loc is")
     global_breaks = b["loc"] - g["loc"] > 2 * _se(b["loc_se"], g["loc_se"])
     intra_keeps = abs(b["loc"] - i["loc"]) <= 2 * _se(b["loc_se"], i["loc_se"])
     if global_breaks and intra_keeps:

@@ -236,10 +236,6 @@ def _conditions(summary: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return found
 
 
-#: Summary keys of the chapters and the paper condition each reproduces (defined in ``paper``).
-CONDITION_ALIASES: dict[str, str] = SUMMARY_CONDITIONS
-
-
 def _norm(name: str) -> str:
     return name.lower().replace("-", "_").replace(" ", "_").replace(".", "_")
 
@@ -247,7 +243,7 @@ def _norm(name: str) -> str:
 def condition_table(collected: Mapping[str, Mapping[str, dict]], chapter: str) -> pd.DataFrame:
     """Every condition with Loc/Cls numbers in ``chapter``'s summaries, ours beside the paper's.
 
-    A condition named in :data:`CONDITION_ALIASES` (e.g. ``ablation.object``), or whose normalized
+    A condition named in :data:`vlmloc.paper.SUMMARY_CONDITIONS` (e.g. ``ablation.object``), or whose normalized
     name contains a paper condition's name (e.g. ``ablation.object_tokens``), gets that paper
     condition's numbers for each paper model.
     """
@@ -259,7 +255,7 @@ def condition_table(collected: Mapping[str, Mapping[str, dict]], chapter: str) -
             continue
         for cond, entry in _conditions(summ).items():
             loc, loc_se, cls, cls_se = _loc_cls(entry)
-            match = CONDITION_ALIASES.get(cond) or next((p for p in paper_conds if p in _norm(cond)), None)
+            match = SUMMARY_CONDITIONS.get(cond) or next((p for p in paper_conds if p in _norm(cond)), None)
             row = {
                 "model": model,
                 "condition": cond,

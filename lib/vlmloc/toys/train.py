@@ -74,9 +74,9 @@ def make_scenes(family: str, processor, config, n: int, seed: int, desc: str) ->
     return scenes
 
 
-def patch_targets(scene: Scene, patch_grid: int, sub: int = 1) -> tuple[torch.Tensor, ...]:
-    """Per view and patch: objectness (0/1), class index (-100 where no object) and, with
-    ``sub > 1``, the share of each of the patch's ``sub x sub`` sub-cells the objects cover.
+def patch_targets(scene: Scene, patch_grid: int, sub: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per view and patch: objectness (0/1), class index (-100 where no object) and the share of
+    each of the patch's ``sub x sub`` sub-cells the objects cover.
 
     The sub-cell shares are what a CLIP-like patch feature carries about *where inside the patch*
     something is (a shape's edge); without them the decoder could only place box edges on the
@@ -84,42 +84,42 @@ def patch_targets(scene: Scene, patch_grid: int, sub: int = 1) -> tuple[torch.Te
     """
     objness, classes, shares = [], [], []
     w, h = scene.image.size
-    union = np.zeros((h, w), np.float32)
-    for _, m, _ in scene.objects:
-        union = np.maximum(union, m.astype(np.float32))
-    integral = np.zeros((h + 1, w + 1), np.float64)
-    integral[1:, 1:] = union.cumsum(0).cumsum(1)
+    per_object = [_summed_area(m) for _, m, _ in scene.objects]
+    union = _summed_area(np.any([m for _, m, _ in scene.objects], axis=0))
+    class_ids = np.array([CLASSES.index(o[0]) for o in scene.objects])
     for v in scene.views:
-        pv = View(v.name, v.kind, patch_grid, patch_grid, 0, v.region)
-        rows, cols = pv.cell_ranges(w, h)
+        rows, cols = View(v.name, v.kind, patch_grid, patch_grid, 0, v.region).cell_ranges(w, h)
         ra, rb = (np.array(x) for x in zip(*rows, strict=True))
         ca, cb = (np.array(x) for x in zip(*cols, strict=True))
         rb, cb = np.maximum(ra, rb), np.maximum(ca, cb)  # empty ranges (padding) sum to zero
-        counts = np.zeros((len(scene.objects), patch_grid, patch_grid))
-        for k, (_, m, _) in enumerate(scene.objects):
-            ii = np.zeros((h + 1, w + 1))
-            ii[1:, 1:] = m.cumsum(0).cumsum(1)
-            counts[k] = ii[rb][:, cb] - ii[ra][:, cb] - ii[rb][:, ca] + ii[ra][:, ca]
-        best = counts.argmax(0)
+        counts = np.stack([_box_sums(ii, ra, rb, ca, cb) for ii in per_object])
         has = counts.max(0) > 0
-        cls = np.where(has, np.array([CLASSES.index(o[0]) for o in scene.objects])[best], -100)
+        cls = np.where(has, class_ids[counts.argmax(0)], -100)
         objness.append(torch.tensor(has.ravel(), dtype=torch.float32))
         classes.append(torch.tensor(cls.ravel(), dtype=torch.long))
-        if sub > 1:
-            shares.append(torch.tensor(_sub_cell_shares(integral, v.region, patch_grid, sub, w, h)))
-    if sub > 1:
-        return torch.stack(objness), torch.stack(classes), torch.stack(shares)
-    return torch.stack(objness), torch.stack(classes)
+        shares.append(torch.tensor(_sub_cell_shares(union, v.region, patch_grid, sub, w, h)))
+    return torch.stack(objness), torch.stack(classes), torch.stack(shares)
 
 
-def _sub_cell_shares(integral: np.ndarray, region, grid: int, sub: int, w: int, h: int) -> np.ndarray:
-    """``(grid * grid, sub * sub)`` covered share of each sub-cell, from a summed-area table."""
+def _summed_area(mask: np.ndarray) -> np.ndarray:
+    """Summed-area table with a zero first row and column: any rectangle's sum in four lookups."""
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1))
+    table[1:, 1:] = mask.cumsum(0).cumsum(1)
+    return table
+
+
+def _box_sums(table: np.ndarray, r0, r1, c0, c1) -> np.ndarray:
+    """Sums over every rectangle ``[r0[i], r1[i]) x [c0[j], c1[j])`` of a summed-area table."""
+    return table[r1][:, c1] - table[r0][:, c1] - table[r1][:, c0] + table[r0][:, c0]
+
+
+def _sub_cell_shares(table: np.ndarray, region, grid: int, sub: int, w: int, h: int) -> np.ndarray:
+    """``(grid * grid, sub * sub)`` covered share of each sub-cell of ``region``."""
     x0, y0, x1, y1 = region
     n = grid * sub
     ys = np.clip(np.round(y0 + np.arange(n + 1) * (y1 - y0) / n), 0, h).astype(int)
     xs = np.clip(np.round(x0 + np.arange(n + 1) * (x1 - x0) / n), 0, w).astype(int)
-    t = integral[ys][:, xs]
-    sums = t[1:, 1:] - t[:-1, 1:] - t[1:, :-1] + t[:-1, :-1]
+    sums = _box_sums(table, ys[:-1], ys[1:], xs[:-1], xs[1:])
     area = np.diff(ys)[:, None] * np.diff(xs)[None, :]
     frac = np.where(area > 0, sums / np.maximum(area, 1), 0.0)
     return (
@@ -292,7 +292,10 @@ class SceneQuestions:
     scene: int
     prefix: list[int]
     questions: list[tuple[list[int], list[int]]]  # (prompt suffix ids, answer ids with EOS)
-    n_localization: int
+
+    @property
+    def n_localization(self) -> int:
+        return len(self.questions) - 1  # the first question is the classification one
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:
@@ -326,7 +329,7 @@ def build_examples(family: str, processor, scenes: list[Scene]) -> list[SceneQue
             qa.append((ids, tok(ans)["input_ids"] + [tok.eos_token_id]))
         # keep at least one prompt token per question so its first answer token has a query
         k = min(_common_prefix([p for p, _ in qa]), min(len(p) for p, _ in qa) - 1)
-        out.append(SceneQuestions(i, qa[0][0][:k], [(p[k:], a) for p, a in qa], len(qa) - 1))
+        out.append(SceneQuestions(i, qa[0][0][:k], [(p[k:], a) for p, a in qa]))
     return out
 
 
@@ -426,7 +429,7 @@ def train_decoder(
         for e in (rnd.choice(group) for _ in range(batch)):
             loc = e.questions[1:]
             keep = [e.questions[0]] + rnd.sample(loc, min(len(loc), max_questions - 1))
-            chosen.append(SceneQuestions(e.scene, e.prefix, keep, len(keep) - 1))
+            chosen.append(SceneQuestions(e.scene, e.prefix, keep))
         logits, targets = answer_logits(family, model, tok, feats, chosen)
         logp = F.log_softmax(logits, -1)
         targets_t = torch.tensor(targets)
