@@ -608,6 +608,17 @@ def _history(init_from: str | None) -> list[dict]:
     return old.get("history", []) + [phase]
 
 
+def _fmt_training_time(card: dict) -> str:
+    """This phase's minutes, then the earlier phases' minutes oldest first, then the total."""
+    minutes = [phase["seconds"]["total"] / 60 for phase in card.get("history", [])]
+    text = f"{card['seconds']['total'] / 60:.1f} min on {card['torch_threads']} CPU thread(s)"
+    if minutes:
+        text += (
+            " in this phase; earlier phases, oldest first: " + ", ".join(f"{m:.1f}" for m in minutes) + " min"
+        )
+    return text + f" ({sum(minutes) + card['seconds']['total'] / 60:.0f} min in all)"
+
+
 def model_card(card: dict, config) -> str:
     """A short human-readable card from the training record."""
     h = card.get("held_out") or {}
@@ -625,12 +636,7 @@ def model_card(card: dict, config) -> str:
         f"- training scenes: seed {card['args']['seed']}, {card['args']['n_scenes']} scenes; "
         f"stage 1 {(card.get('stage1') or {}).get('steps_done', card['args']['stage1_steps'])} steps, stage 2 {card['stage2'].get('steps_done', card['args']['stage2_steps'])} steps",
         f"- stage 1 (patch heads, training scenes): {_fmt_stage1(card.get('stage1') or {})}",
-        f"- training time: {card['seconds']['total'] / 60:.1f} min on {card['torch_threads']} CPU thread(s)"
-        + "".join(
-            f", after an earlier phase of {h['seconds']['total'] / 60:.1f} min"
-            for h in card.get("history", [])
-        )
-        + f" ({(card['seconds']['total'] + sum(h['seconds']['total'] for h in card.get('history', []))) / 60:.0f} min in all)",
+        f"- training time: {_fmt_training_time(card)}",
         "",
         f"Held out ({h and loc.get('n')} queries of 500 scenes, seed EVAL_SEED, greedy):",
         "",
