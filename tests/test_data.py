@@ -189,3 +189,17 @@ def test_resolve_data_needs_both_or_neither(tmp_path):
         with pytest.raises(DataError, match="pass both annotations and images"):
             resolve_data(*args)
     assert resolve_data(ann, img) == (tmp_path / "a.json", tmp_path / "images")
+
+
+def test_colour_linked_sets_how_often_objects_have_their_class_colour():
+    """Training scenes may lower the colour cue, so that a toy must learn shapes to name objects."""
+    from vlmloc.synthetic import CLASS_COLOUR, COLOUR_LINKED, generate_scene
+
+    def share_linked(linked, seed=7, n=150):
+        rng = np.random.default_rng(seed)
+        specs = [s for _ in range(n) for s, _ in generate_scene(rng, linked)[1]]
+        return np.mean([s.colour == CLASS_COLOUR[s.category] for s in specs])
+
+    assert share_linked(1.0) == 1.0
+    assert share_linked(0.0) < 0.25  # a random colour is the class's own one time in eight
+    assert 0.8 < share_linked(COLOUR_LINKED) < 0.97

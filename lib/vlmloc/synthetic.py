@@ -147,25 +147,35 @@ def textured_background(width: int, height: int, rng: np.random.Generator) -> np
     return np.clip(img, 0, 255)
 
 
-#: Each class has a usual colour (90% of its instances), as many real classes do; the rest are random.
-#: Why: a per-patch cue lets a tiny CPU-trained vision tower learn classes in minutes, while the
-#: shape still decides the other 10%.
+#: Each class has a usual colour, as many real classes do. Why: a per-patch cue lets a tiny
+#: CPU-trained vision tower learn classes in minutes, while the shape still decides the rest.
 CLASS_COLOUR = dict(zip(CLASSES, COLOURS, strict=True))
 
+#: Share of objects drawn in their class's usual colour in the embedded sets; the rest get a random
+#: colour. A toy that names objects by colour alone tops out near this share, so the toys' training
+#: (``vlmloc.toys.train --colour-linked``) can lower it to make the tower learn shapes.
+COLOUR_LINKED = 0.9
 
-def _colour_of(category: str, rng: np.random.Generator) -> str:
-    return CLASS_COLOUR[category] if rng.random() < 0.9 else str(rng.choice(list(COLOURS)))
+
+def _colour_of(category: str, rng: np.random.Generator, linked: float = COLOUR_LINKED) -> str:
+    return CLASS_COLOUR[category] if rng.random() < linked else str(rng.choice(list(COLOURS)))
 
 
 def _place(
-    rng: np.random.Generator, width: int, height: int, size: float, taken: list[np.ndarray], cat: str
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    size: float,
+    taken: list[np.ndarray],
+    cat: str,
+    linked: float = COLOUR_LINKED,
 ) -> ShapeSpec | None:
     """Find a position whose mask overlaps earlier objects by less than 10% of its area."""
     for _ in range(30):
         r = size / 2
         cx = rng.uniform(r * 0.8, width - r * 0.8)
         cy = rng.uniform(r * 0.8, height - r * 0.8)
-        spec = ShapeSpec(cat, _colour_of(cat, rng), cx, cy, size, rng.uniform(-25, 25))
+        spec = ShapeSpec(cat, _colour_of(cat, rng, linked), cx, cy, size, rng.uniform(-25, 25))
         m = draw_mask(spec, width, height)
         if m.sum() < 20:
             continue
@@ -174,8 +184,15 @@ def _place(
     return None
 
 
-def generate_scene(rng: np.random.Generator) -> tuple[Image.Image, list[tuple[ShapeSpec, np.ndarray]]]:
-    """Draw one scene; returns the image and its objects with their visible masks."""
+def generate_scene(
+    rng: np.random.Generator, colour_linked: float = COLOUR_LINKED
+) -> tuple[Image.Image, list[tuple[ShapeSpec, np.ndarray]]]:
+    """Draw one scene; returns the image and its objects with their visible masks.
+
+    ``colour_linked`` is the chance that an object has its class's colour. Training scenes may
+    lower it so that a toy cannot name objects by colour alone; the default draws exactly the
+    scenes the embedded sets have always had.
+    """
     width, height = SIZES[rng.integers(len(SIZES))]
     img = textured_background(width, height, rng)
     n_obj = int(rng.choice([1, 2, 2, 3, 3, 4]))
@@ -186,7 +203,7 @@ def generate_scene(rng: np.random.Generator) -> tuple[Image.Image, list[tuple[Sh
     for i, cat in enumerate(cats):
         # The first object spans small to large; distractors stay small to medium.
         frac = rng.uniform(0.12, 0.75) if i == 0 else rng.uniform(0.1, 0.35)
-        spec = _place(rng, width, height, frac * short, taken, str(cat))
+        spec = _place(rng, width, height, frac * short, taken, str(cat), colour_linked)
         if spec is None:
             continue
         m = draw_mask(spec, width, height)

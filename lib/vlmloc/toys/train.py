@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..families import FAMILIES
 from ..geometry import View
 from ..metrics import class_mentioned, iou, localization_summary, rate_summary
-from ..synthetic import CLASSES, EVAL_SEED, TRAIN_SEED, generate_scene
+from ..synthetic import CLASS_COLOUR, CLASSES, COLOUR_LINKED, EVAL_SEED, TRAIN_SEED, ShapeSpec, generate_scene
 from .build import BUILDERS
 
 
@@ -44,33 +44,37 @@ class Scene:
     objects: list  # (category, mask, box)
     pixel_values: torch.Tensor  # (views, 3, H, W)
     views: list[View]
+    class_coloured: list[bool]  # per object: drawn in its class's usual colour
 
 
-def scene_objects(visible) -> list[tuple[str, np.ndarray, tuple[float, float, float, float]]]:
+def scene_objects(visible) -> list[tuple[ShapeSpec, np.ndarray, tuple[float, float, float, float]]]:
+    """The objects big enough to ask about: (spec, visible mask, box)."""
     out = []
     for spec, m in visible:
         ys, xs = np.nonzero(m)
         if len(xs) < 12:
             continue
-        out.append(
-            (spec.category, m, (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)))
-        )
+        out.append((spec, m, (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))))
     return out
 
 
-def make_scenes(family: str, processor, config, n: int, seed: int, desc: str) -> list[Scene]:
+def make_scenes(
+    family: str, processor, config, n: int, seed: int, desc: str, colour_linked: float = COLOUR_LINKED
+) -> list[Scene]:
     fam = FAMILIES[family]
     rng = np.random.default_rng(seed)
     scenes = []
     for _ in tqdm(range(n), desc=desc, mininterval=5):
-        img, visible = generate_scene(rng)
+        img, visible = generate_scene(rng, colour_linked)
         objs = scene_objects(visible)
         if not objs:
             continue
+        coloured = [spec.colour == CLASS_COLOUR[spec.category] for spec, _, _ in objs]
+        objs = [(spec.category, m, box) for spec, m, box in objs]
         # InternVLProcessor forces crop_to_patches=True; the image processor alone would not tile.
         extra = {"crop_to_patches": True} if family == "internvl" else {}
         pv = processor.image_processor(images=[img], return_tensors="pt", **extra)["pixel_values"]
-        scenes.append(Scene(img, objs, pv, fam.views(config, processor, img.size)))
+        scenes.append(Scene(img, objs, pv, fam.views(config, processor, img.size), coloured))
     return scenes
 
 
@@ -469,18 +473,23 @@ def train_decoder(
 
 @torch.no_grad()
 def quick_eval(family: str, model, processor, scenes: list[Scene], batch: int = 16) -> dict:
-    """Classification and localization on held-out scenes with greedy decoding."""
+    """Classification and localization on held-out scenes with greedy decoding.
+
+    Classification is also split by whether the object wears its class's usual colour: a toy that
+    names objects by colour alone scores near 100% on those and near chance on the others.
+    """
     fam = FAMILIES[family]
     tok = processor.tokenizer
     cls_ok, ious = [], []
-    jobs = []
+    jobs, coloured = [], []
     for s in scenes:
         counts = {}
         for o in s.objects:
             counts[o[0]] = counts.get(o[0], 0) + 1
-        for cat, _, box in s.objects:
+        for (cat, _, box), c in zip(s.objects, s.class_coloured, strict=True):
             if counts[cat] == 1:
                 jobs.append((s, cat, box))
+                coloured.append(c)
     for task in ("classification", "localization"):
         for i in tqdm(range(0, len(jobs), batch), desc=f"eval {task}", mininterval=10):
             chunk = jobs[i : i + batch]
@@ -496,7 +505,16 @@ def quick_eval(family: str, model, processor, scenes: list[Scene], batch: int = 
                 else:
                     pred = fam.parse_box(t, s.views, s.image.size)
                     ious.append(iou(pred, box) if pred is not None else None)
-    return {"classification": rate_summary(cls_ok), "localization": localization_summary(ious)}
+    by_colour = {
+        name: rate_summary([ok for ok, c in zip(cls_ok, coloured, strict=True) if c == want])
+        for name, want in (("class_colour", True), ("other_colour", False))
+        if want in coloured
+    }
+    return {
+        "classification": rate_summary(cls_ok),
+        "classification_by_colour": by_colour,
+        "localization": localization_summary(ious),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -517,6 +535,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-eval", type=int, default=500, help="held-out scenes (EVAL_SEED) for the model card")
     p.add_argument("--seed", type=int, default=TRAIN_SEED, help="scene seed (never EVAL_SEED)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    p.add_argument(
+        "--colour-linked",
+        type=float,
+        default=COLOUR_LINKED,
+        help="chance a training object has its class's colour (held-out scenes keep the default)",
+    )
     p.add_argument("--init-from", default=None, help="continue from a checkpoint folder (warm start)")
     a = p.parse_args(argv)
     if a.seed == EVAL_SEED:
@@ -534,7 +558,9 @@ def main(argv: list[str] | None = None) -> None:
         processor = AutoProcessor.from_pretrained(a.init_from)
     else:
         model, processor = BUILDERS[a.family](seed=a.seed)
-    scenes = make_scenes(a.family, processor, model.config, a.n_scenes, a.seed, "training scenes")
+    scenes = make_scenes(
+        a.family, processor, model.config, a.n_scenes, a.seed, "training scenes", a.colour_linked
+    )
     t_data = time.time() - t0
     log1 = (
         train_tower(
@@ -544,17 +570,21 @@ def main(argv: list[str] | None = None) -> None:
         else {}
     )
     t1 = time.time() - t0 - t_data
-    log2 = train_decoder(
-        a.family,
-        model,
-        processor,
-        scenes,
-        a.stage2_steps,
-        a.batch2,
-        a.lr2,
-        a.seed,
-        a.max_questions,
-        a.minutes,
+    log2 = (
+        train_decoder(
+            a.family,
+            model,
+            processor,
+            scenes,
+            a.stage2_steps,
+            a.batch2,
+            a.lr2,
+            a.seed,
+            a.max_questions,
+            a.minutes,
+        )
+        if a.stage2_steps
+        else {}
     )
     t2 = time.time() - t0 - t_data - t1
     out = Path(a.out)
@@ -582,8 +612,20 @@ def main(argv: list[str] | None = None) -> None:
         "history": _history(a.init_from),
     }
     (out / "training.json").write_text(json.dumps(card, indent=2))
-    (out / "MODEL_CARD.md").write_text(model_card(card, model.config))
+    write_card(out)
     print(json.dumps(card, indent=2))
+
+
+def write_card(folder: str | Path) -> Path:
+    """(Re)write a checkpoint's MODEL_CARD.md from its training.json, e.g. after the card format
+    changed: ``python -c "from vlmloc.toys.train import write_card; write_card('DIR')"``."""
+    from transformers import AutoConfig
+
+    folder = Path(folder)
+    card = json.loads((folder / "training.json").read_text())
+    path = folder / "MODEL_CARD.md"
+    path.write_text(model_card(card, AutoConfig.from_pretrained(folder)))
+    return path
 
 
 def _fmt_stage1(log: dict) -> str:
@@ -633,12 +675,13 @@ def model_card(card: dict, config) -> str:
         f"- decoder: {tc.model_type}, {tc.num_hidden_layers} layers, {tc.num_attention_heads} heads, width {tc.hidden_size}",
         f"- vision tower: {vc.model_type}, {vc.num_hidden_layers} layers, width {vc.hidden_size}",
         f"- parameters: {card['n_parameters']:,}",
-        f"- training scenes: seed {card['args']['seed']}, {card['args']['n_scenes']} scenes; "
+        f"- training scenes: seed {card['args']['seed']}, {card['args']['n_scenes']} scenes, "
+        f"{100 * card['args'].get('colour_linked', COLOUR_LINKED):.0f}% of objects in their class's colour; "
         f"stage 1 {(card.get('stage1') or {}).get('steps_done', card['args']['stage1_steps'])} steps, stage 2 {card['stage2'].get('steps_done', card['args']['stage2_steps'])} steps",
         f"- stage 1 (patch heads, training scenes): {_fmt_stage1(card.get('stage1') or {})}",
         f"- training time: {_fmt_training_time(card)}",
         "",
-        f"Held out ({h and loc.get('n')} queries of 500 scenes, seed EVAL_SEED, greedy):",
+        f"Held out ({h and loc.get('n')} queries of {card['args'].get('n_eval', 500)} scenes, seed EVAL_SEED, greedy):",
         "",
         "| classification | Loc | IoU>=0.5 | IoU>=0.7 | IoU>=0.9 |",
         "|---|---|---|---|---|",
@@ -646,7 +689,39 @@ def model_card(card: dict, config) -> str:
         f"| {loc.get('iou@0.7', float('nan')):.1f}% | {loc.get('iou@0.9', float('nan')):.1f}% |",
         "",
     ]
-    return "\n".join(lines)
+    by_colour = h.get("classification_by_colour") or {}
+    if by_colour:
+        parts = [
+            f"{by_colour[k]['rate']:.1f}% of the {by_colour[k]['n']} {label}"
+            for k, label in (
+                ("class_colour", "in their class's colour"),
+                ("other_colour", "in another colour"),
+            )
+            if k in by_colour
+        ]
+        lines += [f"Classification by the object's colour: {'; '.join(parts)}.", ""]
+    return "\n".join(lines + _phase_table(card))
+
+
+def _phase_table(card: dict) -> list[str]:
+    """Every training phase, oldest first, with its scenes, steps, time and held-out result."""
+    rows = [
+        "Training phases, oldest first (each after the first warm-starts from the one before):",
+        "",
+        "| phase | seed | scenes | class colour | stage 1 steps | stage 2 steps | min | classification | Loc |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for k, ph in enumerate([*card.get("history", []), card], 1):
+        a, h = ph["args"], ph.get("held_out") or {}
+        s1 = (ph.get("stage1") or {}).get("steps_done", a["stage1_steps"]) if ph.get("stage1") else 0
+        s2 = (ph.get("stage2") or {}).get("steps_done", 0 if not a["stage2_steps"] else a["stage2_steps"])
+        cls = f"{h['classification']['rate']:.1f}%" if h else "-"
+        loc = f"{h['localization']['loc']:.1f}%" if h else "-"
+        rows.append(
+            f"| {k} | {a['seed']} | {a['n_scenes']} | {100 * a.get('colour_linked', COLOUR_LINKED):.0f}% "
+            f"| {s1} | {s2} | {ph['seconds']['total'] / 60:.0f} | {cls} | {loc} |"
+        )
+    return [*rows, ""]
 
 
 if __name__ == "__main__":
