@@ -676,8 +676,8 @@ def model_card(card: dict, config) -> str:
         f"- vision tower: {vc.model_type}, {vc.num_hidden_layers} layers, width {vc.hidden_size}",
         f"- parameters: {card['n_parameters']:,}",
         f"- training scenes: seed {card['args']['seed']}, {card['args']['n_scenes']} scenes, "
-        f"{100 * card['args'].get('colour_linked', COLOUR_LINKED):.0f}% of objects in their class's colour; "
-        f"stage 1 {(card.get('stage1') or {}).get('steps_done', card['args']['stage1_steps'])} steps, stage 2 {card['stage2'].get('steps_done', card['args']['stage2_steps'])} steps",
+        f"{_colour_share(card):.0f}% of objects in their class's colour; "
+        f"stage 1 {_steps_done(card, 'stage1')} steps, stage 2 {_steps_done(card, 'stage2')} steps",
         f"- stage 1 (patch heads, training scenes): {_fmt_stage1(card.get('stage1') or {})}",
         f"- training time: {_fmt_training_time(card)}",
         "",
@@ -713,15 +713,26 @@ def _phase_table(card: dict) -> list[str]:
     ]
     for k, ph in enumerate([*card.get("history", []), card], 1):
         a, h = ph["args"], ph.get("held_out") or {}
-        s1 = (ph.get("stage1") or {}).get("steps_done", a["stage1_steps"]) if ph.get("stage1") else 0
-        s2 = (ph.get("stage2") or {}).get("steps_done", 0 if not a["stage2_steps"] else a["stage2_steps"])
         cls = f"{h['classification']['rate']:.1f}%" if h else "-"
         loc = f"{h['localization']['loc']:.1f}%" if h else "-"
         rows.append(
-            f"| {k} | {a['seed']} | {a['n_scenes']} | {100 * a.get('colour_linked', COLOUR_LINKED):.0f}% "
-            f"| {s1} | {s2} | {ph['seconds']['total'] / 60:.0f} | {cls} | {loc} |"
+            f"| {k} | {a['seed']} | {a['n_scenes']} | {_colour_share(ph):.0f}% "
+            f"| {_steps_done(ph, 'stage1')} | {_steps_done(ph, 'stage2')} "
+            f"| {ph['seconds']['total'] / 60:.0f} | {cls} | {loc} |"
         )
     return [*rows, ""]
+
+
+def _steps_done(phase: dict, stage: str) -> int:
+    """Steps a phase ran in ``stage`` ('stage1' or 'stage2'): its log's count, else the requested
+    number (a skipped stage has an empty log and 0 requested)."""
+    return (phase.get(stage) or {}).get("steps_done", phase["args"][f"{stage}_steps"])
+
+
+def _colour_share(phase: dict) -> float:
+    """Percent of a phase's training objects in their class's colour (phases before the
+    ``--colour-linked`` option used the default)."""
+    return 100 * phase["args"].get("colour_linked", COLOUR_LINKED)
 
 
 if __name__ == "__main__":
