@@ -5,8 +5,11 @@
     layout = vlm.layouts(enc, [image])[0]                # visual token positions and view grids
     texts = vlm.generate(enc)                            # greedy answers, decoded
 
-All interventions edit the LLM input (after the projector) through :meth:`VLM.generate`'s
-``edit`` hook or inside ``vlm.model.trace(...)``; ``vlm.model`` is an ``nnsight.TransformersModel``.
+Every intervention reaches the model through one door: :meth:`VLM.generate`, :meth:`VLM.logits`,
+:meth:`VLM.score` and :meth:`VLM.hidden_states` take ``interventions=[...]`` (kinds in
+:mod:`vlmloc.interventions`: token edits, attention knockout, head patches and ablations, reads),
+each applied at the prefill only or at every generation step. ``vlm.model`` is the
+``nnsight.TransformersModel`` they run in; ``vlm.sites`` its modules, from the family's table.
 """
 
 from __future__ import annotations
@@ -23,8 +26,13 @@ from PIL import Image
 
 from .families import FAMILIES, Family, Task
 from .geometry import ImageLayout, View
+from .interventions.base import Intervention, StepInfo, run_hooks
+from .interventions.hidden import HiddenStates
+from .interventions.tokens import InputEdit
 from .metrics import Box
 from .registry import ModelSpec, get_spec, weights_fingerprint
+from .scoring import AnswerScores, answer_scores, position_ids, scored_answer, teacher_forced_inputs
+from .sites import SiteMap
 
 log = logging.getLogger("vlmloc")
 
@@ -96,16 +104,26 @@ class VLM:
     @property
     def head_dim(self) -> int:
         """Per-head width of the o_proj input (not hidden_size // heads: Qwen3 differs)."""
-        return self.hf.model.language_model.layers[0].self_attn.o_proj.in_features // self.n_heads
+        return SiteMap(self.family.sites, self.hf).o_proj(0).in_features // self.n_heads
+
+    @property
+    def n_vision_layers(self) -> int:
+        return len(SiteMap(self.family.sites, self.hf).vision_layers)
+
+    @property
+    def sites(self) -> SiteMap:
+        """The family's modules on the nnsight envoy (use inside traces)."""
+        return SiteMap(self.family.sites, self.model)
 
     @property
     def language_model(self):
-        """The nnsight envoy of the decoder (``model.language_model``)."""
-        return self.model.model.language_model
+        """The nnsight envoy of the decoder."""
+        return self.sites.language_model
 
     @property
     def layers(self):
-        return self.model.model.language_model.layers
+        """The nnsight envoys of the decoder layers."""
+        return self.sites.decoder_layers
 
     # --- prompts and answers -------------------------------------------------------------------
     def prompt(self, task: Task, category: str = "") -> str:
@@ -148,7 +166,7 @@ class VLM:
                 text = text.replace(t, "")
         return text.strip()
 
-    # --- running -------------------------------------------------------------------------------
+    # --- running: the one door for interventions --------------------------------------------
     def input_embeddings(self, enc: Any) -> torch.Tensor:
         """The LLM input (token embeddings with the projected visual tokens merged in)."""
         with torch.no_grad(), self.model.trace(enc) as tracer:
@@ -156,29 +174,133 @@ class VLM:
             tracer.stop()  # nothing after the LLM input is needed
         return emb
 
-    def generate(self, enc: Any, max_new_tokens: int = 24, edit: EmbedEdit | None = None) -> list[str]:
-        """Greedy answers; ``edit`` maps the LLM input embeddings to edited ones (prefill step only)."""
+    @staticmethod
+    def _kinds(edit: EmbedEdit | None, interventions: Sequence[Intervention]) -> list[Intervention]:
+        return ([InputEdit(edit)] if edit is not None else []) + list(interventions)
+
+    def generate(
+        self,
+        enc: Any,
+        max_new_tokens: int = 24,
+        edit: EmbedEdit | None = None,
+        interventions: Sequence[Intervention] = (),
+        step_logits: list | None = None,
+    ) -> list[str]:
+        """Greedy answers under ``interventions`` (``edit``: a shortcut for one :class:`InputEdit`).
+
+        Each intervention applies at the prefill, and at every later step if it says so
+        (``every_step``: a knockout must also hide the blocked keys from every generated token's
+        query). Pass a list as ``step_logits`` to get each step's next-token logits ``[B, V]``.
+        """
+        kinds = self._kinds(edit, interventions)
+        prompt_len = int(enc["input_ids"].shape[1])
+        lm_head = self.sites.lm_head
         with (
+            warnings.catch_warnings(),
             torch.no_grad(),
             self.model.generate(enc, max_new_tokens=max_new_tokens, do_sample=False) as tracer,
         ):
-            if edit is not None:
-                lm = self.language_model
-                args, kwargs = lm.inputs
-                lm.inputs = (args, {**kwargs, "inputs_embeds": edit(kwargs["inputs_embeds"])})
-            ids = tracer.result.save()
-        start = enc["input_ids"].shape[1]
-        return [self.decode(row[start:]) for row in ids]
+            # the open loop ends when generation stops; nnsight warns that a step was not reached
+            warnings.filterwarnings("ignore", message=".*was never reached.*")
+            tokens = nnsight_save([])
+            logits = nnsight_save([])
+            for step in tracer.iter[:]:
+                active = kinds if step == 0 else [k for k in kinds if k.every_step]
+                q_len = prompt_len if step == 0 else 1
+                run_hooks(self, active, StepInfo(step, q_len, prompt_len + step))
+                last = lm_head.output[:, -1]
+                tokens.append(last.argmax(-1))
+                if step_logits is not None:
+                    logits.append(last.float().cpu())
+        if step_logits is not None:
+            step_logits.extend(logits)
+        ids = torch.stack(list(tokens), 1).cpu()
+        return [self.decode(self._until_eos(row)) for row in ids]
 
-    def logits(self, enc: Any, edit: EmbedEdit | None = None) -> torch.Tensor:
-        """Next-token logits of a single forward pass, optionally with an input edit."""
-        with torch.no_grad(), self.model.trace(enc):
-            if edit is not None:
-                lm = self.language_model
-                args, kwargs = lm.inputs
-                lm.inputs = (args, {**kwargs, "inputs_embeds": edit(kwargs["inputs_embeds"])})
-            out = self.model.output.logits.save()
-        return out
+    def _until_eos(self, ids: torch.Tensor) -> torch.Tensor:
+        eos = self.hf.generation_config.eos_token_id
+        eos = {eos} if isinstance(eos, int) else set(eos or [])
+        for i, t in enumerate(ids.tolist()):
+            if t in eos:
+                return ids[:i]
+        return ids
+
+    def forward(
+        self,
+        inputs: Any,
+        interventions: Sequence[Intervention] = (),
+        logits_at: Any = None,
+        step: StepInfo | None = None,
+    ) -> torch.Tensor | None:
+        """One traced forward of ``inputs`` (model kwargs) under ``interventions``.
+
+        Returns the logits at positions ``logits_at`` (an index or slice of the sequence axis;
+        all when ``None``), or nothing when ``logits_at is False`` (reads only). ``step``
+        places the forward in a longer sequence (a suffix after a cached prefix); by default
+        it is one prefill over the whole input.
+        """
+        q_len = int(inputs["input_ids"].shape[1])
+        step = step or StepInfo(0, q_len, q_len)
+        with torch.no_grad(), self.model.trace(**dict(inputs)) as tracer:
+            run_hooks(self, list(interventions), step)
+            if logits_at is False:
+                tracer.stop()
+            out = self.sites.lm_head.output
+            out = (out if logits_at is None else out[:, logits_at]).save()
+        return None if logits_at is False else out
+
+    def logits(self, enc: Any, edit: EmbedEdit | None = None, interventions: Sequence[Intervention] = ()):
+        """Next-token logits ``[B, S, V]`` of a single forward under ``interventions``."""
+        inputs = {**enc, "position_ids": position_ids(enc["attention_mask"])}
+        return self.forward(inputs, self._kinds(edit, interventions))
+
+    def score(
+        self,
+        enc: Any,
+        answers: Sequence[str],
+        tasks: Task | Sequence[Task],
+        interventions: Sequence[Intervention] = (),
+    ) -> AnswerScores:
+        """Teacher-forced log-probability and perplexity of ``answers`` after the prompts of ``enc``.
+
+        ``tasks`` (one, or one per row) decides which answer tokens count
+        (:func:`vlmloc.scoring.scored_answer`): the whole class name, or a box's coordinates.
+        """
+        tasks = [tasks] * len(answers) if isinstance(tasks, str) else list(tasks)
+        if not len(answers) == len(tasks) == enc["input_ids"].shape[0]:
+            raise ValueError(
+                f"{enc['input_ids'].shape[0]} prompts, {len(answers)} answers, {len(tasks)} tasks"
+            )
+        parts = [scored_answer(self.tokenizer, t, a) for t, a in zip(tasks, answers, strict=True)]
+        inputs, targets, valid = teacher_forced_inputs(
+            enc, [p[0] for p in parts], self.tokenizer.pad_token_id
+        )
+        scored = torch.zeros_like(valid)
+        for row, (_, m) in enumerate(parts):
+            scored[row, : len(m)] = torch.as_tensor(m)
+        s = enc["input_ids"].shape[1]
+        logits = self.forward(inputs, interventions, logits_at=slice(s - 1, s - 1 + targets.shape[1]))
+        return answer_scores(logits, targets, scored)
+
+    def hidden_states(
+        self,
+        enc: Any,
+        sites: Sequence[str],
+        positions: Sequence[Any] | None = None,
+        interventions: Sequence[Intervention] = (),
+    ) -> dict[str, Any]:
+        """Hidden states at ``sites`` for one batch, on the CPU (see :class:`HiddenStates`)."""
+        read = HiddenStates(sites, positions)
+        inputs = {**enc, "position_ids": position_ids(enc["attention_mask"])}
+        self.forward(inputs, [*interventions, read], logits_at=False)
+        return read.values
+
+
+def nnsight_save(value: Any) -> Any:
+    """``nnsight.save``: values created in a trace leave it only when saved."""
+    import nnsight
+
+    return nnsight.save(value)
 
 
 def load_model(

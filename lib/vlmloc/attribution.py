@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .scoring import answer_ids
+
 __all__ = ["IGResult", "answer_log_prob", "integrated_gradients", "teacher_forced_answer", "top_k"]
 
 
@@ -48,20 +50,13 @@ def teacher_forced_answer(vlm, task: str, category: str, box, image_size: tuple[
     return vlm.format_box(box, image_size, category)
 
 
-def _answer_ids(vlm, answer: str) -> torch.Tensor:
-    ids = vlm.tokenizer(answer, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ValueError(f"the answer {answer!r} tokenizes to nothing; IG needs at least one answer token")
-    return torch.tensor(ids, dtype=torch.long, device=vlm.device)
-
-
 def _prepare(vlm, image, prompt: str, answer: str):
     """LLM input rows of prompt + answer, the visual positions and the answer ids."""
     enc = vlm.encode([image], [prompt])
     if enc["input_ids"].shape[0] != 1:
         raise ValueError("IG runs one image at a time")
     prompt_emb = vlm.input_embeddings(enc)[0].detach()  # (S, H): visual tokens merged in
-    ans = _answer_ids(vlm, answer)
+    ans = torch.tensor(answer_ids(vlm.tokenizer, answer), dtype=torch.long, device=vlm.device)
     ans_emb = vlm.hf.get_input_embeddings()(ans).detach()
     emb = torch.cat([prompt_emb, ans_emb.to(prompt_emb.dtype)], 0)
     pos = (enc["input_ids"][0] == vlm.image_token_id).nonzero().squeeze(-1)

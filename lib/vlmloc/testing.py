@@ -14,6 +14,9 @@ from .registry import ModelSpec, register
 from .toys.build import toy_internvl, toy_llava
 
 TINY_TEXT = dict(width=32, layers=2, heads=4, kv_heads=4, mlp=64, head_dim=8)
+#: Qwen3 as in InternVL-3.5: grouped-query attention (2 KV heads for 4 heads) and heads x head_dim
+#: (48) != hidden size (32), so a head slice taken as hidden_size // heads would be wrong.
+TINY_TEXT_QWEN3 = dict(TINY_TEXT, head_dim=12)
 #: LLaVA-1.5: CLIP ViT-L/14 at 336 px -> 24 x 24 = 576 tokens (CLS dropped).
 LLAVA_REAL_GEOMETRY = dict(image=336, patch=14, vision_width=16, vision_layers=2, vision_heads=2)
 #: InternVL-3.5: 448 px tiles, 14 px patches -> 32 x 32 -> pixel shuffle 0.5 -> 16 x 16 = 256 per tile.
@@ -28,7 +31,7 @@ def save_tiny(family: str, out: str | Path, model_id: str | None = None, seed: i
     if family == "llava":
         model, proc = toy_llava(seed, vision=LLAVA_REAL_GEOMETRY, text=TINY_TEXT)
     elif family == "internvl":
-        model, proc = toy_internvl(seed, vision=INTERNVL_REAL_GEOMETRY, text=TINY_TEXT)
+        model, proc = toy_internvl(seed, vision=INTERNVL_REAL_GEOMETRY, text=TINY_TEXT_QWEN3)
     else:
         raise ValueError(f"unknown family {family!r}; use 'llava' or 'internvl'")
     model.save_pretrained(out)

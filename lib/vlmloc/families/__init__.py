@@ -1,6 +1,6 @@
 """Model families; see ``README.md`` here for how to add one."""
 
-from .base import CLASSIFICATION_Q, LOCALIZATION_Q, TASKS, Family, Task
+from .base import CLASSIFICATION_Q, LOCALIZATION_Q, TASKS, Family, Sites, Task
 from .internvl import INTERNVL, InternVLFamily
 from .llava import LLAVA, LlavaFamily
 
@@ -16,5 +16,6 @@ __all__ = [
     "Family",
     "InternVLFamily",
     "LlavaFamily",
+    "Sites",
     "Task",
 ]

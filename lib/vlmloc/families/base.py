@@ -9,6 +9,7 @@ subclass and a few :func:`vlmloc.registry.register` calls; see ``lib/vlmloc/fami
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from ..geometry import View
@@ -22,11 +23,32 @@ LOCALIZATION_Q = "Please provide the bounding box coordinate of the region this 
 CLASSIFICATION_Q = "What objects are in this image?"
 
 
+@dataclass(frozen=True)
+class Sites:
+    """Where a family keeps the modules the experiments touch: dotted paths from the HF model.
+
+    Paths are data, as in pyvene's per-model tables: only families say where a layer, a head or the
+    projector sits, and :mod:`vlmloc.sites` resolves them on the nnsight wrapper or the bare model.
+    ``attention`` and ``o_proj`` are relative to one decoder layer. A digit component indexes a
+    module list (``"layers.3"``).
+    """
+
+    vision_layers: str  # the tower's transformer layers, in execution order
+    vision_tower: str = "model.vision_tower"
+    projector: str = "model.multi_modal_projector"
+    language_model: str = "model.language_model"  # the decoder (a base model without the head)
+    decoder_layers: str = "model.language_model.layers"
+    attention: str = "self_attn"  # within a decoder layer; its kwargs carry the attention mask
+    o_proj: str = "self_attn.o_proj"  # within a decoder layer; its input is the heads' outputs
+    lm_head: str = "lm_head"
+
+
 class Family(ABC):
     """A model family: prompts, answer format and view geometry. Stateless; methods take the processor/config."""
 
     name: ClassVar[str]
     hf_class: ClassVar[Any]  # e.g. transformers.LlavaForConditionalGeneration
+    sites: ClassVar[Sites]  # module paths, see :class:`Sites`
 
     # --- prompts -------------------------------------------------------------------------------
     def question(self, task: Task, category: str) -> str:
@@ -57,7 +79,3 @@ class Family(ABC):
 
     def image_token_id(self, config: Any) -> int:
         return int(config.image_token_id)
-
-    # --- module paths (as pyvene-style data) ---------------------------------------------------
-    language_model_path: ClassVar[str] = "model.language_model"
-    projector_path: ClassVar[str] = "model.multi_modal_projector"

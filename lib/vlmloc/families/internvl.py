@@ -10,7 +10,7 @@ from transformers.models.got_ocr2.image_processing_got_ocr2 import get_optimal_t
 from ..answers import parse_internvl_box
 from ..geometry import View
 from ..metrics import Box
-from .base import Family
+from .base import Family, Sites
 
 #: METHODS.md: InternVL's grounding question wraps the name in <ref> tags.
 INTERNVL_LOCALIZATION_Q = (
@@ -23,6 +23,7 @@ class InternVLFamily(Family):
 
     name = "internvl"
     hf_class = InternVLForConditionalGeneration
+    sites = Sites(vision_layers="model.vision_tower.encoder.layer")
 
     def question(self, task: str, category: str) -> str:
         if task == "localization":

@@ -9,7 +9,7 @@ from transformers import LlavaForConditionalGeneration
 from ..answers import parse_bracket_box
 from ..geometry import View
 from ..metrics import Box
-from .base import Family
+from .base import Family, Sites
 
 
 class LlavaFamily(Family):
@@ -17,6 +17,7 @@ class LlavaFamily(Family):
 
     name = "llava"
     hf_class = LlavaForConditionalGeneration
+    sites = Sites(vision_layers="model.vision_tower.encoder.layers")
 
     def chat_prompt(self, processor: Any, question: str) -> str:
         # METHODS.md: LLaVA-1.5's chat format, exactly.

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ..families import FAMILIES
 from ..geometry import View
 from ..metrics import class_mentioned, iou, localization_summary, rate_summary
+from ..sites import SiteMap
 from ..synthetic import CLASS_COLOUR, CLASSES, COLOUR_LINKED, EVAL_SEED, TRAIN_SEED, ShapeSpec, generate_scene
 from .build import BUILDERS
 
@@ -139,10 +140,17 @@ def _sub_cell_shares(table: np.ndarray, region, grid: int, sub: int, w: int, h: 
 # ----------------------------------------------------------------------------------------------
 
 
+def _sites(family: str, model) -> SiteMap:
+    """The family's modules on the bare model (the paths live in the family's Sites table)."""
+    return SiteMap(FAMILIES[family].sites, model)
+
+
 def tower_tokens(family: str, model, pixel_values: torch.Tensor) -> torch.Tensor:
     """Patch tokens as the model's get_image_features selects them, before any projection."""
     cfg = model.config
-    out = model.model.vision_tower(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
+    out = _sites(family, model).vision_tower(
+        pixel_values=pixel_values, output_hidden_states=True, return_dict=True
+    )
     if family == "internvl" and cfg.vision_feature_layer == -1:
         feats = out.last_hidden_state
     else:
@@ -159,7 +167,7 @@ def project(family: str, model, tokens: torch.Tensor) -> torch.Tensor:
             tokens.reshape(b, side, side, c), scale_factor=model.config.downsample_ratio
         )
         tokens = x.reshape(b, -1, x.shape[-1])
-    return model.model.multi_modal_projector(tokens)
+    return _sites(family, model).projector(tokens)
 
 
 def warmup_cosine(
@@ -221,7 +229,7 @@ def train_tower(
     width = cfg.hidden_size
     n_cls = len(CLASSES)
     heads = torch.nn.Linear(width, 1 + n_cls + sub * sub)
-    tower = model.model.vision_tower
+    tower = _sites(family, model).vision_tower
     params = list(tower.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = warmup_cosine(opt, steps, minutes)
@@ -356,7 +364,7 @@ def answer_logits(
     All scenes of ``batch`` must have prefixes of one length (same number of image tokens). The
     prefix runs once per scene; its KV cache is repeated for each question of the scene.
     """
-    lm = model.model.language_model
+    lm = _sites(family, model).language_model
     image_id = FAMILIES[family].image_token_id(model.config)
     P = len(batch[0].prefix)
     if any(len(b.prefix) != P for b in batch):
@@ -388,7 +396,7 @@ def answer_logits(
                 cols.append(len(q) + k - 1)
                 targets.append(t)
             r += 1
-    return model.lm_head(hidden[rows, cols]).float(), targets
+    return _sites(family, model).lm_head(hidden[rows, cols]).float(), targets
 
 
 def train_decoder(
@@ -418,7 +426,7 @@ def train_decoder(
     sizes = sorted(groups)
     weights = [len(groups[k]) for k in sizes]
     coord_ids, coord_index, q = coordinate_targets(family, tok, sigma=1.5 if family == "llava" else 15.0)
-    for p in model.model.vision_tower.parameters():
+    for p in _sites(family, model).vision_tower.parameters():
         p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))

@@ -10,6 +10,7 @@ logits unchanged; the tests check that.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .geometry import ImageLayout, grow_cells
+from ..geometry import ImageLayout, grow_cells
+from .base import Hook, Intervention
 
 
 @dataclass
@@ -31,6 +33,21 @@ class TokenEdit:
     def __post_init__(self) -> None:
         if (self.values is None) == (self.sources is None):
             raise ValueError("a TokenEdit takes either values or sources")
+
+
+class InputEdit(Intervention):
+    """An edit of the LLM input embeddings (``fn(inputs_embeds) -> edited``), at the prefill only.
+
+    The kind behind chapters 1-3: the visual tokens enter once, at the prefill; later steps feed
+    only the generated tokens. Build ``fn`` with :func:`apply_edits` from per-row
+    :class:`TokenEdit` s.
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.fn = fn
+
+    def hooks(self, vlm) -> list[Hook]:
+        return [Hook(("embeds",), lambda emb, step: self.fn(emb))]
 
 
 def apply_edits(edits: list[TokenEdit | None]):
@@ -202,8 +219,8 @@ def cached_mean_visual_embedding(
     import io
     import json
 
-    from .registry import weights_fingerprint
-    from .store import model_dirname
+    from ..registry import weights_fingerprint
+    from ..store import model_dirname
 
     path = Path(results_dir) / model_dirname(vlm.model_id) / "mean_visual_embedding.pt"
     image_ids = sorted({str(s.image_path) for s in reference})

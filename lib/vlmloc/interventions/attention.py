@@ -1,0 +1,88 @@
+"""Attention knockout: some queries may not read some keys, in chosen layers (and heads).
+
+METHODS.md "Attention knockout": block attention from every position after the image span (the
+prompt text and every generated token) to the object's tokens in a window of layers. The block
+must hold at every generation step: a generated token's query must not see the blocked keys in
+the KV cache either, so a knockout is an ``every_step`` intervention and works in absolute
+positions (:class:`~vlmloc.interventions.base.StepInfo`). It writes to the per-layer copy of the
+mask that the executor hands it (never the mask transformers shares across layers), as ``False``
+under sdpa's boolean masks and as the dtype's minimum under eager's additive ones.
+
+    ko = AttentionKnockout(layers=range(4, 8), keys=[obj_positions], query_from=[first_text_pos])
+    vlm.generate(enc, interventions=[ko])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import Hook, Intervention, StepInfo
+
+__all__ = ["AttentionKnockout", "layer_windows"]
+
+
+def _as_positions(keys: Any) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(keys, dtype=np.int64)).reshape(-1)
+
+
+class AttentionKnockout(Intervention):
+    """Row ``b``'s queries at absolute positions ``>= query_from[b]`` cannot attend ``keys[b]``.
+
+    ``layers``: decoder layers where the block holds; ``heads``: the heads it applies to (default
+    all). ``keys`` are absolute sequence positions (e.g. ``layout.positions[object_indices]``).
+    An empty key set or no layers is a null edit: it installs nothing.
+    """
+
+    every_step = True
+
+    def __init__(
+        self,
+        layers: Iterable[int],
+        keys: Sequence[Any],
+        query_from: Sequence[int],
+        heads: Iterable[int] | None = None,
+    ) -> None:
+        self.layers = sorted({int(x) for x in layers})
+        self.keys = [_as_positions(k) for k in keys]
+        self.query_from = [int(q) for q in query_from]
+        self.heads = None if heads is None else sorted({int(h) for h in heads})
+        if len(self.keys) != len(self.query_from):
+            raise ValueError(f"got keys for {len(self.keys)} rows but query_from for {len(self.query_from)}")
+
+    def hooks(self, vlm: Any) -> list[Hook]:
+        if not self.layers or all(len(k) == 0 for k in self.keys) or self.heads == []:
+            return []
+        bad = [x for x in self.layers if not 0 <= x < vlm.n_layers]
+        if bad:
+            raise ValueError(f"layers {bad} do not exist; the decoder has layers 0-{vlm.n_layers - 1}")
+        return [Hook(("mask", layer), partial(self._block, vlm.n_heads)) for layer in self.layers]
+
+    def _block(self, n_heads: int, mask: torch.Tensor, step: StepInfo) -> torch.Tensor:
+        if mask.shape[0] != len(self.keys):
+            raise ValueError(
+                f"the knockout was built for {len(self.keys)} rows, the batch has {mask.shape[0]}"
+            )
+        if self.heads is not None and mask.shape[1] == 1:
+            mask = mask.expand(-1, n_heads, -1, -1).clone()
+        blocked = False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min
+        queries = step.query_positions(mask.device)
+        heads = torch.arange(mask.shape[1]) if self.heads is None else torch.tensor(self.heads)
+        for row, (keys, first) in enumerate(zip(self.keys, self.query_from, strict=True)):
+            q = (queries >= first).nonzero().squeeze(-1)
+            k = keys[keys < step.k_len].to(mask.device)
+            if len(q) and len(k):
+                mask[row, heads[:, None, None], q[None, :, None], k[None, None, :]] = blocked
+        return mask
+
+
+def layer_windows(n_layers: int, window: int = 4, stride: int = 1) -> list[tuple[int, int]]:
+    """``[(first, last), ...]`` of ``window`` consecutive layers sliding by ``stride`` (inclusive bounds)."""
+    if window < 1 or stride < 1:
+        raise ValueError(f"window and stride must be positive, got {window} and {stride}")
+    window = min(window, n_layers)
+    return [(s, s + window - 1) for s in range(0, n_layers - window + 1, stride)]

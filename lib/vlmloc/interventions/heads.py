@@ -1,0 +1,122 @@
+"""Per-head outputs: read them, overwrite them from another run, or silence them.
+
+A head's output is its slice of ``o_proj``'s input, width ``o_proj.in_features // heads``
+(METHODS.md "Causal mediation per head"). The executor hands head hooks that input viewed as
+``[batch, query, heads, head_dim]``; these kinds edit it in place at absolute positions.
+
+- :class:`HeadRead` saves the heads' outputs of chosen layers (the source run of a patch).
+- :class:`HeadPatch` writes a source run's values into chosen heads, row by row: the usual
+  patch (row ``b`` from source row ``b``) and the batched sweep (row ``r`` patches one head
+  ``(l, h)`` from source row 0) are the same kind.
+- :class:`HeadAblation` zeroes heads (or sets them to a mean) at every generation step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+
+from .base import Hook, Intervention, StepInfo
+
+__all__ = ["HeadAblation", "HeadPatch", "HeadRead", "all_heads"]
+
+Head = tuple[int, int]
+
+
+def all_heads(n_layers: int, n_heads: int) -> list[Head]:
+    """Every ``(layer, head)``, layer-major."""
+    return [(layer, h) for layer in range(n_layers) for h in range(n_heads)]
+
+
+def _per_row(value: int | Sequence[int], rows: int) -> list[int]:
+    return [int(value)] * rows if isinstance(value, int) else [int(v) for v in value]
+
+
+def _check_heads(vlm: Any, heads: Iterable[Head]) -> None:
+    bad = [(la, h) for la, h in heads if not (0 <= la < vlm.n_layers and 0 <= h < vlm.n_heads)]
+    if bad:
+        raise ValueError(
+            f"heads {bad[:5]} do not exist: the decoder has {vlm.n_layers} layers x {vlm.n_heads} heads"
+        )
+
+
+class HeadRead(Intervention):
+    """Saves ``o_proj``'s input of ``layers`` (``[batch, seq, heads * head_dim]``, on the CPU) at the prefill."""
+
+    def __init__(self, layers: Iterable[int]) -> None:
+        self.layers = sorted({int(x) for x in layers})
+        self.values: dict[int, torch.Tensor] = {}
+
+    def hooks(self, vlm: Any) -> list[Hook]:
+        return [Hook(("heads", layer), partial(self._read, layer), rank=1) for layer in self.layers]
+
+    def _read(self, layer: int, z: torch.Tensor, step: StepInfo) -> None:
+        self.values[layer] = z.reshape(*z.shape[:2], -1).detach().to("cpu", copy=True)
+
+
+class HeadPatch(Intervention):
+    """Row ``r``'s heads ``patches[r]`` take source row ``source_rows[r]``'s values at positions ``>= from_pos[r]``.
+
+    ``source[layer]`` is a :class:`HeadRead` value of the source run (``[rows, seq, heads * d]``,
+    absolute positions). A head patched from its own run is a null edit.
+    """
+
+    def __init__(
+        self,
+        patches: Sequence[Iterable[Head]],
+        source: Mapping[int, torch.Tensor],
+        from_pos: int | Sequence[int] = 0,
+        source_rows: Sequence[int] | None = None,
+    ) -> None:
+        self.patches = [[(int(la), int(h)) for la, h in row] for row in patches]
+        self.source = source
+        self.from_pos = _per_row(from_pos, len(self.patches))
+        self.source_rows = list(range(len(self.patches))) if source_rows is None else list(source_rows)
+        missing = sorted({la for row in self.patches for la, _ in row} - set(source))
+        if missing:
+            raise ValueError(f"no source values for layers {missing}; read them with HeadRead first")
+
+    def hooks(self, vlm: Any) -> list[Hook]:
+        _check_heads(vlm, (x for row in self.patches for x in row))
+        layers = sorted({la for row in self.patches for la, _ in row})
+        return [Hook(("heads", la), partial(self._patch, la)) for la in layers]
+
+    def _patch(self, layer: int, z: torch.Tensor, step: StepInfo) -> None:
+        src = self.source[layer]
+        src = src.view(*src.shape[:2], z.shape[2], z.shape[3])
+        for row, heads in enumerate(self.patches):
+            hs = [h for la, h in heads if la == layer]
+            start = max(self.from_pos[row], step.q_start)
+            if not hs or start >= step.k_len:
+                continue
+            vals = src[self.source_rows[row], start : step.k_len][:, hs]
+            z[row, start - step.q_start :, hs] = vals.to(z.device, z.dtype)
+
+
+class HeadAblation(Intervention):
+    """Heads set to zero (or to ``values[layer, head]``, e.g. a mean) at positions ``>= from_pos``, every step."""
+
+    every_step = True
+
+    def __init__(
+        self, heads: Iterable[Head], values: torch.Tensor | None = None, from_pos: int | Sequence[int] = 0
+    ) -> None:
+        self.heads = sorted({(int(la), int(h)) for la, h in heads})
+        self.values = values
+        self.from_pos = from_pos
+
+    def hooks(self, vlm: Any) -> list[Hook]:
+        _check_heads(vlm, self.heads)
+        layers = sorted({la for la, _ in self.heads})
+        return [Hook(("heads", la), partial(self._ablate, la)) for la in layers]
+
+    def _ablate(self, layer: int, z: torch.Tensor, step: StepInfo) -> None:
+        hs = [h for la, h in self.heads if la == layer]
+        fill = 0.0 if self.values is None else self.values[layer, hs].to(z.device, z.dtype)
+        for row, first in enumerate(_per_row(self.from_pos, z.shape[0])):
+            start = max(first, step.q_start)
+            if start < step.k_len:
+                z[row, start - step.q_start :, hs] = fill
