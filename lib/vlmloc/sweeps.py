@@ -10,6 +10,8 @@ make that affordable, and both are exact:
 - **Reuse the prefix.** A patch after the image span cannot change anything before it (causal
   attention), so the vision tower and the image prefix run once; their KV cache is repeated
   for the rows and only the suffix (prompt text + answer) runs per batch of heads.
+- **Skip the layers below.** A patch in layer ``l`` cannot change layers ``0 .. l-1``: the rows
+  that patch layer ``l`` take those layers' outputs from the base run and skip them.
 
 ``head_patch_scores(..., batch_size=1, reuse_prefix=False)`` is the plain loop, one full forward
 per head; the tests check both give the same scores.
@@ -27,6 +29,8 @@ from tqdm.auto import tqdm
 
 from .interventions.base import StepInfo
 from .interventions.heads import Head, HeadPatch, HeadRead, all_heads
+from .interventions.hidden import HiddenStates
+from .interventions.layers import LayerSkip
 from .scoring import AnswerScores, answer_scores, scored_answer, teacher_forced_inputs
 
 __all__ = ["PatchScores", "first_after_image", "head_patch_scores"]
@@ -107,6 +111,8 @@ def head_patch_scores(
 
     Both encodings are one row with the same token layout (same prompt, same image size). The
     patch covers every position after the image span (the prompt text and the answer).
+    ``reuse_prefix`` runs the image prefix once and, for the heads of layer ``l``, skips layers
+    ``0 .. l-1`` (their outputs are the base run's); without it each batch is a full forward.
     """
     if source_enc["input_ids"].shape != base_enc["input_ids"].shape or not torch.equal(
         source_enc["input_ids"], base_enc["input_ids"]
@@ -117,30 +123,89 @@ def head_patch_scores(
     heads = list(heads) if heads is not None else all_heads(vlm.n_layers, vlm.n_heads)
     read = HeadRead(sorted({la for la, _ in heads}))
     source = vlm.score(source_enc, [answer], task, [read])
-    base = vlm.score(base_enc, [answer], task)
     ids, mask = scored_answer(vlm.tokenizer, task, answer)
     inputs, targets, _ = teacher_forced_inputs(base_enc, [ids], vlm.tokenizer.pad_token_id)
-    scored = torch.as_tensor([mask])
-    s, total = base_enc["input_ids"].shape[1], inputs["input_ids"].shape[1]
-    start = first_after_image(vlm, base_enc["input_ids"])
-    prefix = start if reuse_prefix else 0
-    cache = _prefix_cache(vlm, inputs, prefix) if reuse_prefix else None
-    answer_at = slice(s - 1 - prefix, s - 1 - prefix + targets.shape[1])
-    parts = []
-    for i in tqdm(
-        range(0, len(heads), batch_size), desc=f"heads · {task}", disable=not progress, leave=False
-    ):
-        chunk = heads[i : i + batch_size]
-        rows = len(chunk)
-        if reuse_prefix:
-            run_inputs = _suffix_inputs(inputs, prefix, rows, cache)
-        else:
-            run_inputs = _repeat_rows(inputs, rows)
-        patch = HeadPatch([[h] for h in chunk], read.values, from_pos=start, source_rows=[0] * rows)
-        step = StepInfo(0, total - prefix, total)
-        logits = vlm.forward(run_inputs, [patch], logits_at=answer_at, step=step)
-        parts.append(answer_scores(logits, targets.expand(rows, -1), scored.expand(rows, -1)))
-    patched = AnswerScores(
-        *(torch.cat([getattr(p, f) for p in parts]) for f in ("logprob", "n_tokens", "token_logprobs"))
-    )
+    run = _Run(vlm, inputs, targets, torch.as_tensor([mask]), base_enc["input_ids"].shape[1], read.values)
+    if reuse_prefix:
+        base, patched = run.layer_grouped(heads, batch_size, task, progress)
+    else:
+        base = vlm.score(base_enc, [answer], task)
+        patched = run.full(heads, batch_size, task, progress)
     return PatchScores(heads, source, base, patched)
+
+
+class _Run:
+    """One base run being patched: its inputs, answer targets and the source's head values."""
+
+    def __init__(
+        self,
+        vlm: Any,
+        inputs: dict,
+        targets: torch.Tensor,
+        scored: torch.Tensor,
+        prompt_len: int,
+        source: dict,
+    ):
+        self.vlm, self.inputs, self.targets, self.scored, self.source = vlm, inputs, targets, scored, source
+        self.prompt_len = prompt_len
+        self.start = first_after_image(vlm, inputs["input_ids"])
+        self.total = inputs["input_ids"].shape[1]
+
+    def _scores(self, logits: torch.Tensor) -> AnswerScores:
+        rows = logits.shape[0]
+        return answer_scores(logits, self.targets.expand(rows, -1), self.scored.expand(rows, -1))
+
+    def _answer_at(self, offset: int) -> slice:
+        s = self.prompt_len - 1 - offset
+        return slice(s, s + self.targets.shape[1])
+
+    def _patch(self, chunk: Sequence[Head]) -> HeadPatch:
+        return HeadPatch([[h] for h in chunk], self.source, from_pos=self.start, source_rows=[0] * len(chunk))
+
+    def full(self, heads: Sequence[Head], batch_size: int, task: str, progress: bool) -> AnswerScores:
+        """Each batch of heads as one full forward (the reference loop at ``batch_size=1``)."""
+        parts = []
+        for i in tqdm(
+            range(0, len(heads), batch_size), desc=f"heads · {task}", disable=not progress, leave=False
+        ):
+            chunk = heads[i : i + batch_size]
+            logits = self.vlm.forward(
+                _repeat_rows(self.inputs, len(chunk)), [self._patch(chunk)], self._answer_at(0)
+            )
+            parts.append(self._scores(logits))
+        return _cat(parts)
+
+    def layer_grouped(self, heads: Sequence[Head], batch_size: int, task: str, progress: bool):
+        """Prefix once; the base suffix once (its scores and every layer's output); then per layer
+        ``l`` its heads, one per row, with layers before ``l`` skipped."""
+        vlm, start = self.vlm, self.start
+        cache = _prefix_cache(vlm, self.inputs, start)
+        step = StepInfo(0, self.total - start, self.total)
+        outputs = HiddenStates([f"llm.{la}" for la in range(vlm.n_layers)])
+        base_logits = vlm.forward(
+            _suffix_inputs(self.inputs, start, 1, cache), [outputs], self._answer_at(start), step
+        )
+        known = {la: outputs.values[f"llm.{la}"].to(vlm.device, vlm.dtype) for la in range(vlm.n_layers)}
+        order = sorted(range(len(heads)), key=lambda i: heads[i])
+        parts, done = [], []
+        layers = sorted({la for la, _ in heads})
+        for layer in tqdm(layers, desc=f"heads · {task}", disable=not progress, leave=False):
+            mine = [i for i in order if heads[i][0] == layer]
+            for j in range(0, len(mine), batch_size):
+                idx = mine[j : j + batch_size]
+                chunk = [heads[i] for i in idx]
+                skip = LayerSkip({la: known[la] for la in range(layer)}, len(chunk))
+                inputs = _suffix_inputs(self.inputs, start, len(chunk), cache)
+                logits = vlm.forward(inputs, [skip, self._patch(chunk)], self._answer_at(start), step)
+                parts.append(self._scores(logits))
+                done.extend(idx)
+        patched = _cat(parts)
+        back = torch.as_tensor(done).argsort()  # rows back in the order of ``heads``
+        return self._scores(base_logits), AnswerScores(*(getattr(patched, f)[back] for f in _FIELDS))
+
+
+_FIELDS = ("logprob", "n_tokens", "token_logprobs")
+
+
+def _cat(parts: Sequence[AnswerScores]) -> AnswerScores:
+    return AnswerScores(*(torch.cat([getattr(p, f) for p in parts]) for f in _FIELDS))

@@ -62,8 +62,8 @@ HookFn = Callable[[Any, StepInfo], Any]
 
 @dataclass(frozen=True)
 class Hook:
-    """One function at one site. ``site``: ``("embeds",)``, ``("mask", l)``, ``("heads", l)``,
-    ``("tower", i)``, ``("projector",)`` or ``("layer_out", l)``. Within a site, hooks run in
+    """One function at one site. ``site``: ``("embeds",)``, ``("skip", l)``, ``("mask", l)``,
+    ``("heads", l)``, ``("tower", i)``, ``("projector",)`` or ``("layer_out", l)``. Within a site, hooks run in
     ``rank`` order (edits 0, reads 1), so a read sees the edited value."""
 
     site: tuple
@@ -73,7 +73,7 @@ class Hook:
 
 def site_order(site: tuple) -> tuple[int, int, int]:
     """The forward-pass order of a site: tower layers, projector, LLM input, then per decoder
-    layer its attention mask, its head outputs, its output."""
+    layer its skip (before it runs), its attention mask, its head outputs, its output."""
     kind = site[0]
     if kind == "tower":
         return (0, site[1], 0)
@@ -81,7 +81,7 @@ def site_order(site: tuple) -> tuple[int, int, int]:
         return (1, 0, 0)
     if kind == "embeds":
         return (2, 0, 0)
-    sub = {"mask": 0, "heads": 1, "layer_out": 2}[kind]
+    sub = {"skip": 0, "mask": 1, "heads": 2, "layer_out": 3}[kind]
     return (3, site[1], sub)
 
 
@@ -163,6 +163,8 @@ def run_hooks(vlm: Any, interventions: Sequence[Intervention], step: StepInfo) -
             args, kwargs = lm.inputs
             emb = _run_value(site, kwargs["inputs_embeds"], group, step)
             lm.inputs = (args, {**kwargs, "inputs_embeds": emb})
+        elif kind == "skip":
+            sm.decoder_layer(site[1]).skip(group[-1].fn(None, step))
         elif kind == "mask":
             _run_mask(vlm, sm, site[1], group, step)
         elif kind == "heads":
