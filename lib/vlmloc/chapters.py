@@ -46,6 +46,8 @@ DEFAULT_MODEL = "toy-llava"
 CHAPTERS: list[tuple[str, tuple[str, ...]]] = [
     ("01_data_and_baselines", TOYS),
     ("02_containerization", TOYS),
+    ("06_mediation", TOYS),
+    ("07_head_ablation", TOYS),
     ("summary", (DEFAULT_MODEL,)),
 ]
 #: Chapters that run once whatever ``--models`` says.
@@ -123,7 +125,13 @@ def execute(
         raise FileNotFoundError(f"no chapter notebook {source}; chapters are: {', '.join(_chapter_names())}")
     out = executed_path(root / out_dir, chapter, model_id)
     out.parent.mkdir(parents=True, exist_ok=True)
-    parameters = {"model_id": model_id, "results_dir": str((root / results_dir).resolve()), **params}
+    # progress bars are for interactive runs; executed copies (the book, CI) go without them
+    parameters = {
+        "model_id": model_id,
+        "results_dir": str((root / results_dir).resolve()),
+        "progress": False,
+        **params,
+    }
     pm.execute_notebook(
         str(source),
         str(out),

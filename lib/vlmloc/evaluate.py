@@ -15,7 +15,7 @@ from .adapter import VLM
 from .data import Sample
 from .families import Task
 from .geometry import ImageLayout
-from .interventions import TokenEdit, apply_edits
+from .interventions import Intervention, TokenEdit, apply_edits
 from .metrics import box_area, class_mentioned, iou, localization_summary, rate_summary
 from .store import ResultsStore
 
@@ -51,8 +51,13 @@ def run_condition(
     edit_for: EditFor | None = None,
     max_new_tokens: int = 24,
     progress: bool = True,
+    interventions: Sequence[Intervention] = (),
 ) -> list[dict]:
-    """Evaluate ``samples`` on ``task`` under a condition; returns all records (resumed ones too)."""
+    """Evaluate ``samples`` on ``task`` under a condition; returns all records (resumed ones too).
+
+    ``interventions`` are passed to :meth:`VLM.generate` for every batch (e.g. a
+    :class:`~vlmloc.interventions.HeadAblation`), besides the per-sample ``edit_for``.
+    """
     # The weights' fingerprint keys the records too: a retrained model never reuses stale ones.
     log_ = store.condition(f"{task}-{condition}", {"task": task, "weights": vlm.fingerprint, **config})
     by_id = {s.sample_id: s for s in samples}
@@ -72,7 +77,7 @@ def run_condition(
         if edit_for is not None:
             layouts = vlm.layouts(enc, images)
             edit = apply_edits([edit_for(s, lay) for s, lay in zip(chunk, layouts, strict=True)])
-        answers = vlm.generate(enc, max_new_tokens=max_new_tokens, edit=edit)
+        answers = vlm.generate(enc, max_new_tokens=max_new_tokens, edit=edit, interventions=interventions)
         for s, p, a in zip(chunk, prompts, answers, strict=True):
             rec = {
                 "sample_id": s.sample_id,

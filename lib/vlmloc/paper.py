@@ -7,7 +7,17 @@ percent; ``None`` marks a number the paper does not report.
 
 from __future__ import annotations
 
-__all__ = ["CONTROL_SET", "MODELS", "RESULTS", "SUMMARY_CONDITIONS", "paper_numbers"]
+__all__ = [
+    "CONTROL_SET",
+    "HEAD_ABLATION",
+    "MEDIATION",
+    "MEDIATION_PAIRS",
+    "MEDIATION_TOP10_OVERLAP",
+    "MODELS",
+    "RESULTS",
+    "SUMMARY_CONDITIONS",
+    "paper_numbers",
+]
 
 #: Display names of the paper's models, keyed by the model ids this package loads them with.
 MODELS: dict[str, str] = {
@@ -54,7 +64,26 @@ CONTROL_SET: dict[str, object] = {
     "method": "lama",
 }
 
+#: Causal mediation per head (chapter 6): the layers (inclusive, as the paper names them) that hold
+#: the heads with the largest mediation fraction, per model of ``n_layers`` x ``n_heads`` heads.
+MEDIATION: dict[str, dict] = {
+    "llava-hf/llava-1.5-7b-hf": {"family": "llava", "layers": (11, 16), "n_layers": 32, "n_heads": 32},
+    "OpenGVLab/InternVL3_5-8B-HF": {"family": "internvl", "layers": (16, 22), "n_layers": 36, "n_heads": 32},
+}
+#: Heads shared by the top-10 lists of classification and localization (both models): "only 1-2".
+MEDIATION_TOP10_OVERLAP: tuple[int, int] = (1, 2)
+#: Source/base pairs of the mediation analysis.
+MEDIATION_PAIRS = 50
+
 
 def paper_numbers(condition: str) -> dict[str, dict[str, float | None]]:
     """``{display name: {"loc", "cls"}}`` of every paper model that reports ``condition``."""
     return {MODELS[m]: dict(rows[condition]) for m, rows in RESULTS.items() if condition in rows}
+
+
+#: Head ablation (chapter 7): the paper states the outcome in words only, for both models.
+HEAD_ABLATION: dict[str, object] = {
+    "claim": "ablating the classification-critical heads significantly cripples localization",
+    "models": ("llava-hf/llava-1.5-7b-hf", "OpenGVLab/InternVL3_5-8B-HF"),
+    "ks": (1, 5, 10, 20),
+}

@@ -2,3 +2,5 @@
 
 from .common import *  # noqa: F403
 from .containers import *  # noqa: F403
+from .head_ablation import *  # noqa: F403
+from .mediation import *  # noqa: F403

@@ -1,0 +1,238 @@
+"""Chapter 6: mediation fractions, their aggregation, attribution patching, controls and the cost model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import vlmloc
+from vlmloc import mediation as md
+from vlmloc import mediation_report as mr
+from vlmloc.inpaint import inpaint
+from vlmloc.sweeps import head_patch_scores
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def toy_llava():
+    return vlmloc.load_model("toy-llava", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def toy_internvl():
+    return vlmloc.load_model("toy-internvl", device="cpu")
+
+
+def _pairs(tmp_path, synthetic_coco, n: int = 4) -> list[md.MediationPair]:
+    """Synthetic objects and their inpainted twins, written like chapter 1's control set."""
+    ann, images = synthetic_coco
+    out = []
+    for s in vlmloc.load_coco(ann, images, limit=n, seed=0):
+        filled, _ = inpaint(s.load_image(), s.mask())
+        path = tmp_path / f"{s.image_id}_{s.ann_id}.png"
+        filled.save(path)
+        out.append(md.MediationPair(s.sample_id, s.category, tuple(s.box), str(s.image_path), str(path)))
+    return out
+
+
+def _records(p_src, p_base, patched):
+    return {
+        str(i): {"p_src": s, "p_base": b, "p_patched": list(p)}
+        for i, (s, b, p) in enumerate(zip(p_src, p_base, patched, strict=True))
+    }
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def test_mf_is_one_at_the_source_and_zero_at_the_base():
+    rec = _records([2.0], [10.0], [[2.0, 10.0, 6.0, 14.0]])
+    res = md.aggregate(rec, 2, 2)
+    assert res.mean.tolist() == [[1.0, 0.0], [0.5, -0.5]]
+    assert res.counts() == {"used": 1, "dropped": 0, "near_zero": 0, "reversed": 0}
+
+
+def test_pairs_with_a_near_zero_or_reversed_denominator_are_dropped_and_counted():
+    rec = _records([2.0, 2.0, 10.0, 2.0], [10.0, 2.05, 2.0, 4.0], [[6.0]] * 4)
+    res = md.aggregate(rec, 1, 1, min_rel_gap=0.05)
+    assert res.used == ["0", "3"] and res.dropped == ["1"] and res.reversed == ["2"]
+    assert res.counts() == {"used": 2, "dropped": 2, "near_zero": 1, "reversed": 1}
+    assert res.mean[0, 0] == pytest.approx(np.mean([0.5, -1.0]))
+    kept = md.aggregate(rec, 1, 1, min_rel_gap=0.05, drop_reversed=False)
+    assert kept.used == ["0", "2", "3"]
+    assert kept.per_pair[1, 0, 0] == pytest.approx((2.0 - 6.0) / (2.0 - 10.0))  # MF keeps its formula
+    assert md.aggregate(rec, 1, 1, min_rel_gap=0.0, drop_reversed=False).counts()["used"] == 4
+
+
+def test_attribution_estimates_are_mapped_through_the_exponential():
+    rec = {"a": {"p_src": 1.0, "p_base": 4.0, "dlogp": [0.0, math.log(4.0)]}}
+    res = md.attribution_mf(rec, 1, 2)
+    assert res.mean[0].tolist() == pytest.approx([0.0, 1.0])  # dlogp = log(P_base / P_src): all of it
+
+
+def test_the_mismatched_control_uses_the_real_pairs_denominator():
+    real = _records([1.0], [5.0], [[3.0]])
+    mis = {"0": {"p_base": 5.0, "p_patched": [4.0]}}
+    assert md.aggregate(mis, 1, 1, denominators=real).mean[0, 0] == pytest.approx(0.25)
+
+
+def test_top_heads_overlap_and_chance():
+    mf = np.array([[0.1, 0.9, np.nan], [0.5, 0.5, -1.0]])
+    assert md.top_heads(mf, 3) == [[0, 1], [1, 0], [1, 1]]  # ties: lower layer/head first; NaN last
+    assert md.overlap([[0, 1], [1, 0]], [[1, 0], [2, 2]]) == [[1, 0]]
+    assert md.chance_overlap(10, 64) == pytest.approx(100 / 64)
+    k, n = 10, 64
+    probs = [md.overlap_p_value(i, k, n) - md.overlap_p_value(i + 1, k, n) for i in range(k + 1)]
+    assert md.overlap_p_value(0, k, n) == pytest.approx(1.0)
+    assert sum(i * p for i, p in enumerate(probs)) == pytest.approx(md.chance_overlap(k, n))
+
+
+def test_sparsity_of_a_uniform_and_a_one_hot_map():
+    flat = np.ones((4, 4))
+    s = md.sparsity(flat, (1, 4))
+    assert s["top1"] == pytest.approx(s["uniform1"]) and s["top4"] == pytest.approx(25.0)
+    one = np.zeros((4, 4))
+    one[2, 3] = 0.7
+    one[0, 0] = -5.0  # negative MF carries none of the effect
+    assert md.sparsity(one, (1,))["top1"] == pytest.approx(100.0)
+    curve = md.cumulative_share(flat)
+    assert curve[-1] == pytest.approx(100.0) and np.all(np.diff(curve) >= 0)
+
+
+def test_spearman():
+    a = np.arange(10.0)
+    assert md.spearman(a, a**3) == pytest.approx(1.0)
+    assert md.spearman(a, -a) == pytest.approx(-1.0)
+    assert md.spearman(np.array([1.0, 2.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0, 4.0])) == pytest.approx(
+        np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1]
+    )
+
+
+# --------------------------------------------------------------------------- attribution patching
+
+
+@pytest.mark.parametrize("name", ["toy_llava", "toy_internvl", "tiny_internvl"])
+def test_attribution_matches_a_finite_difference(request, name, tmp_path, synthetic_coco):
+    vlm = request.getfixturevalue(name)
+    pair = _pairs(tmp_path, synthetic_coco, 1)[0]
+    src, base, answer = pair.encode(vlm, "localization")
+    att = md.attribution_patching(vlm, src, base, answer, "localization")
+    assert att.dlogp.shape == (vlm.n_layers * vlm.n_heads,)
+    assert att.p_src == pytest.approx(float(vlm.score(src, [answer], "localization").perplexity[0]), rel=1e-5)
+    assert att.p_base == pytest.approx(
+        float(vlm.score(base, [answer], "localization").perplexity[0]), rel=1e-4
+    )
+    heads = [(0, 0), (vlm.n_layers - 1, vlm.n_heads - 1), (vlm.n_layers // 2, 1)]
+    for head in heads:
+        fd = md.finite_difference(vlm, src, base, answer, "localization", head, eps=1e-2)
+        est = float(att.dlogp[head[0] * vlm.n_heads + head[1]])
+        assert est == pytest.approx(fd, rel=0.05, abs=2e-4), head
+    assert att.dlogp.abs().max() > 1e-3, "some head must matter"
+
+
+def test_attribution_of_a_source_equal_to_the_base_is_zero(toy_internvl, tmp_path, synthetic_coco):
+    pair = _pairs(tmp_path, synthetic_coco, 1)[0]
+    _, base, answer = pair.encode(toy_internvl, "classification")
+    att = md.attribution_patching(toy_internvl, base, base, answer, "classification")
+    assert att.dlogp.abs().max() < 1e-5
+    assert att.p_src == pytest.approx(att.p_base, rel=1e-5)
+
+
+def test_attribution_ranks_heads_like_the_exact_sweep(toy_llava, tmp_path, synthetic_coco):
+    pair = _pairs(tmp_path, synthetic_coco, 1)[0]
+    src, base, answer = pair.encode(toy_llava, "localization")
+    att = md.attribution_patching(toy_llava, src, base, answer, "localization")
+    ex = head_patch_scores(toy_llava, src, base, answer, "localization")
+    exact = (ex.patched.mean_logprob - ex.base.mean_logprob).numpy()
+    assert md.spearman(att.dlogp.numpy(), exact) > 0.5
+
+
+# --------------------------------------------------------------------------- the experiment
+
+
+def test_exact_sweep_resumes_and_base_into_base_is_a_null_edit(
+    toy_llava, tmp_path, synthetic_coco, monkeypatch
+):
+    pairs = _pairs(tmp_path, synthetic_coco, 3)
+    store = vlmloc.store.ResultsStore(tmp_path / "results", "toy-llava", "06_mediation")
+    params = md.MediationParams({"model": "x"}, batch_size=16, progress=False)
+    exp = md.Mediation(toy_llava, pairs[:2], params, store)
+    first = exp.exact("localization")
+    assert list(first) == [p.sample_id for p in pairs[:2]]
+    rec = first[pairs[0].sample_id]
+    assert len(rec["p_patched"]) == toy_llava.n_layers * toy_llava.n_heads and rec["seconds"] > 0
+
+    calls = []
+    real = md.head_patch_scores
+    monkeypatch.setattr(md, "head_patch_scores", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = md.Mediation(toy_llava, pairs, params, store).exact("localization")
+    assert len(calls) == 1, "only the new pair is swept; the others come from the store"
+    assert again[pairs[0].sample_id] == rec
+
+    null = exp.base_into_base("classification")
+    assert null["loop_exact"] and null["loop_max_abs_mf"] == 0.0
+    assert null["batched_max_abs_mf"] < 1e-4
+
+
+def test_mismatched_source_is_another_class_with_the_same_layout(toy_internvl, tmp_path, synthetic_coco):
+    pairs = _pairs(tmp_path, synthetic_coco, 8)
+    exp = md.Mediation(toy_internvl, pairs, md.MediationParams({}, progress=False), None)
+    found = 0
+    for p in pairs:
+        other = exp.mismatched_source(p, "localization")
+        if other is None:
+            continue
+        found += 1
+        assert other.category != p.category and other.sample_id != p.sample_id
+        src, base, _ = p.encode(toy_internvl, "localization", source_image=other.images()[0])
+        assert torch.equal(src["input_ids"], base["input_ids"])
+    assert found > 0
+
+
+def test_missing_control_set_names_the_command(tmp_path):
+    with pytest.raises(
+        FileNotFoundError, match="chapters run --chapters 01_data_and_baselines --models toy-llava"
+    ):
+        md.mediation_pairs(tmp_path, "toy-llava", 5)
+
+
+# --------------------------------------------------------------------------- report and cost model
+
+
+def test_the_paper_band_is_the_papers_layers_on_its_own_models():
+    assert mr.paper_band("llava", 32) == list(range(11, 17))
+    assert mr.paper_band("internvl", 36) == list(range(16, 23))
+    assert mr.paper_band("llava", 8) == [2, 3, 4]
+    assert mr.paper_band("nope", 8) == []
+
+
+def test_cost_model_orders_the_methods_and_respects_memory(toy_llava):
+    table = mr.cost_table(mr.H100, n_pairs=50)
+    for model in ("LLaVA-1.5-7B", "InternVL-3.5-8B"):
+        t = table.loc[model]
+        assert t.loc["exact sweep", "TFLOP"] > 10 * t.loc["exact, prefix reused", "TFLOP"]
+        assert t.loc["exact, prefix reused", "TFLOP"] > t.loc["attribution patching", "TFLOP"]
+        assert t.loc["exact, prefix reused", "batch"] <= 32
+        assert (t["GPU hours"] > 0).all()
+    small = mr.cost_table(mr.GPU("small", 24, 100, 1.0))
+    assert (small["batch"] <= table["batch"]).all()
+    g = mr.REAL_GEOMETRIES["llava-hf/llava-1.5-7b-hf"]
+    # one full forward of LLaVA-1.5-7B's decoder: ~2 x 6.5e9 parameters x ~630 tokens
+    assert 7e12 < g.decoder_flops(g.prefix + 50, 0, logits=False) < 1e13
+    toy = mr.geometry_of(toy_llava, prefix=150, suffix={"classification": 5, "localization": 13})
+    assert toy.layers == 8 and toy.heads == 8 and toy.head_dim == toy_llava.head_dim
+    rows = mr.toy_cost_table(toy, {"attribution patching": 2.0}, 10, 64)
+    assert rows.loc[(toy.name, "attribution patching"), "GFLOP/s"] > 0
+
+
+def test_findings_name_the_model_and_the_paper():
+    res = md.aggregate(_records([1.0, 1.0], [5.0, 9.0], [[1.0] + [5.0] * 15, [2.0] + [9.0] * 15]), 4, 4)
+    text = mr.finding_map("toy-llava", "llava", "localization", res)
+    assert "toy-llava" in text and "LLaVA-1.5-7B, layers 11-16 of 32" in text
+    tops = {"classification": [[0, 0], [1, 1]], "localization": [[0, 0], [2, 2]]}
+    text = mr.finding_overlap("toy-internvl", "internvl", tops, 64)
+    assert "share 1 (L0.H0)" in text and "InternVL-3.5-8B's 1,152 heads" in text
+    assert "top 1, 5 and 10" in mr.finding_sparsity("toy-llava", {"localization": res})
