@@ -48,10 +48,12 @@ def finding_cls_heads(model_id: str, summary: Mapping, k: int) -> str:
     v = verdict(summary, k)
     r = summary["ablation"]["random"][str(k)]
     c = summary["ablation"]["classification_heads"][str(k)]
+    own = summary["ablation"]["localization_heads"][str(k)]
     return (
         f"Ablating the top {k} classification heads of {model_id} moves Loc from {summary['baseline']['loc']:.1f}% "
         f"to {c['loc']:.1f}% ± {c['loc_se']:.1f} (Cls to {c['cls']:.1f}%), against {r['loc']:.1f}% ± {r['loc_se']:.1f} "
-        f"for {k} random heads: {'it cripples localization' if v['cls_heads_cripple_loc'] else 'no more than random heads do'}"
+        f"for {k} random heads and {own['loc']:.1f}% for the top {k} localization heads themselves: "
+        f"{'it cripples localization' if v['cls_heads_cripple_loc'] else 'no more than random heads do'}"
         f"; paper: {HEAD_ABLATION['claim']}."
     )
 
