@@ -77,7 +77,8 @@ def run_condition(
         if edit_for is not None:
             layouts = vlm.layouts(enc, images)
             edit = apply_edits([edit_for(s, lay) for s, lay in zip(chunk, layouts, strict=True)])
-        answers = vlm.generate(enc, max_new_tokens=max_new_tokens, edit=edit, interventions=interventions)
+        extra = {"interventions": list(interventions)} if interventions else {}  # none: the call as before
+        answers = vlm.generate(enc, max_new_tokens=max_new_tokens, edit=edit, **extra)
         for s, p, a in zip(chunk, prompts, answers, strict=True):
             rec = {
                 "sample_id": s.sample_id,
