@@ -125,13 +125,9 @@ def execute(
         raise FileNotFoundError(f"no chapter notebook {source}; chapters are: {', '.join(_chapter_names())}")
     out = executed_path(root / out_dir, chapter, model_id)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # progress bars are for interactive runs; executed copies (the book, CI) go without them
-    parameters = {
-        "model_id": model_id,
-        "results_dir": str((root / results_dir).resolve()),
-        "progress": False,
-        **params,
-    }
+    parameters = {"model_id": model_id, "results_dir": str((root / results_dir).resolve()), **params}
+    if "progress" in pm.inspect_notebook(str(source)):  # progress bars are for interactive runs, not the book
+        parameters.setdefault("progress", False)
     pm.execute_notebook(
         str(source),
         str(out),
