@@ -24,6 +24,7 @@ from PIL import Image
 from .families import FAMILIES, Family, Task
 from .geometry import ImageLayout, View
 from .metrics import Box
+from .processor_check import check_geometry, llava_image_processor
 from .registry import ModelSpec, get_spec, weights_fingerprint
 
 log = logging.getLogger("vlmloc")
@@ -223,6 +224,8 @@ def load_model(
     if "device_map" not in kwargs:
         hf = hf.to(dev)
     processor = AutoProcessor.from_pretrained(spec.source)
-    if spec.family == "llava":
-        processor.image_processor.do_pad = llava_preprocess == "pad"
-    return VLM(spec, hf, processor, dev)
+    if spec.family == "llava":  # pad or crop for real, whatever image processor the checkpoint names
+        processor.image_processor = llava_image_processor(processor.image_processor, llava_preprocess)
+    vlm = VLM(spec, hf, processor, dev)
+    vlm.geometry_check = check_geometry(vlm)  # processor calls only; GeometryError if the views are wrong
+    return vlm
