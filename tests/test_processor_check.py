@@ -149,3 +149,19 @@ def test_probe_rectangles_lie_inside_their_images():
     (w, h), _ = GEOMETRY_PROBES[2]
     cols, rows = get_optimal_tiled_canvas((h, w), (448, 448), 1, 12)
     assert cols * rows > 1  # the panorama needs several InternVL tiles
+
+
+@pytest.mark.parametrize("backend", ["torchvision", "pil"])
+def test_padding_processor_is_built_from_a_clip_config_of_either_backend(backend):
+    import transformers
+    from vlmloc.processor_check import llava_image_processor
+
+    suffix = "Pil" if backend == "pil" else ""
+    settings = dict(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, resample=3)
+    clip = getattr(transformers, f"CLIPImageProcessor{suffix}")(**settings)
+    padded = llava_image_processor(clip, "pad")
+    assert type(padded) is getattr(transformers, f"LlavaImageProcessor{suffix}") and padded.do_pad
+    assert padded.size.shortest_edge == 336 and padded.crop_size.height == 336 and padded.resample == 3
+    assert llava_image_processor(clip, "crop") is clip and clip.do_pad is False
+    with pytest.raises(ValueError, match="llava_preprocess must be 'pad' or 'crop'"):
+        llava_image_processor(clip, "stretch")
