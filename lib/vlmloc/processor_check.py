@@ -182,6 +182,13 @@ def check_geometry(vlm: Any, probes=GEOMETRY_PROBES) -> list[ProbeResult]:
                 "check patch_size / image_seq_length / max_patches in the processor config"
             )
         pv = enc["pixel_values"].float()
+        if pv.ndim != 4:  # e.g. flattened patches (Qwen2.5-VL): no image per view to compare
+            log.warning(
+                "%s: pixel_values of shape %s is not one image per view; geometry not checked",
+                vlm.model_id,
+                tuple(pv.shape),
+            )
+            return results
         pa, pb = pv[: len(pv) // 2], pv[len(pv) // 2 :]
         if len(pa) != len(views):
             raise GeometryError(
