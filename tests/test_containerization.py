@@ -292,7 +292,13 @@ def test_chapter_2_executes_and_writes_its_summary(model_id, tmp_path):
         str(ROOT / "notebooks" / "02_containerization.ipynb"),
         str(tmp_path / "02_containerization.ipynb"),
         parameters=dict(
-            model_id=model_id, results_dir=str(results), n_samples=12, n_reference=8, ig_steps=2, device="cpu"
+            model_id=model_id,
+            results_dir=str(results),
+            n_samples=12,
+            n_reference=8,
+            ig_steps=2,
+            device="cpu",
+            progress=False,
         ),
         kernel_name="python3",
         cwd=str(ROOT),
@@ -310,3 +316,6 @@ def test_chapter_2_executes_and_writes_its_summary(model_id, tmp_path):
     assert set(summary["padding"]) == {"0", "1", "2"}
     assert all("box_area" in e for e in summary["padding"].values())
     assert len(summary["findings"]) == 5 and all(f"{model_id}" in f for f in summary["findings"].values())
+    runtime = summary["runtime_s"]  # every run of this configuration added up (one run here)
+    assert summary["runtime_runs"] == 1 and runtime["whole chapter"] > 0
+    assert sum(v for k, v in runtime.items() if k != "whole chapter") <= runtime["whole chapter"] + 1

@@ -113,16 +113,91 @@ def test_bad_parameter_stops_before_the_model_loads(case, tmp_path):
     assert sentence in err.evalue and sentence in str(err)
     assert err.evalue.count(". ") <= 1, f"one clear sentence, got: {err.evalue}"
 
-    nb = _nb(chapters.executed_path(tmp_path / "runs", CH1, model_id))
+    _assert_stopped_before_the_model(tmp_path, CH1, model_id)
+
+
+def _assert_stopped_before_the_model(tmp_path: Path, chapter: str, model_id: str) -> None:
+    """The failing cell comes before the model-loading cell, which never ran, and nothing was written."""
+    nb = _nb(chapters.executed_path(tmp_path / "runs", chapter, model_id))
     cells = nb["cells"]
     failing = [
         i for i, c in enumerate(cells) if any(o.get("output_type") == "error" for o in c.get("outputs", []))
     ]
     loading = [i for i, c in enumerate(cells) if "load_model(" in _source(c)]
     assert failing and loading
-    assert failing[0] < loading[0], "the parameter check must fail before the model-loading cell"
+    assert failing[0] < loading[0], "the check must fail before the model-loading cell"
+    assert "validate_params(" in _source(cells[failing[0]]), (
+        "the validation cell should be the one that raised"
+    )
     assert all(c.get("execution_count") is None for c in cells[loading[0] :] if c["cell_type"] == "code")
-    assert not (tmp_path / "results").exists(), "nothing may be written before the parameters are checked"
+    assert not (tmp_path / "results").exists(), "nothing may be written before the inputs are checked"
+
+
+# --------------------------------------------------------------------------- bad data stops early too
+
+
+def _bad_data(case: str, synthetic_coco, tmp_path: Path) -> tuple[Path, Path]:
+    ann, images = synthetic_coco
+    if case == "malformed annotations":
+        bad = tmp_path / "instances.json"
+        bad.write_text('{"images": [')
+        return bad, images
+    if case == "no usable object":  # every object gets a twin of its class: no query names one object
+        raw = json.loads(ann.read_text())
+        top = max(a["id"] for a in raw["annotations"])
+        raw["annotations"] += [{**a, "id": top + 1 + i} for i, a in enumerate(raw["annotations"])]
+        bad = tmp_path / "instances.json"
+        bad.write_text(json.dumps(raw))
+        return bad, images
+    if case == "images folder without the images":
+        empty = tmp_path / "val2017"
+        empty.mkdir()
+        return ann, empty
+    raise ValueError(case)
+
+
+BAD_DATA = {
+    "malformed annotations": "is not valid JSON",
+    "no usable object": "passes the filter (single instance of its class, area >= 1%)",
+    "images folder without the images": "images chosen cannot be used:",
+}
+#: (chapter, case, n_samples): chapter 1 meets every bad input; chapter 2 runs the same loader and
+#: image check (shown once) plus its own: no image left for the mean visual embedding.
+BAD_DATA_RUNS = [(CH1, case, 4) for case in BAD_DATA] + [
+    ("02_containerization", "images folder without the images", 4),
+    ("02_containerization", "every image evaluated", 100),
+]
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize(
+    ("chapter", "case", "n"), BAD_DATA_RUNS, ids=[f"{c[:2]}-{k}" for c, k, _ in BAD_DATA_RUNS]
+)
+def test_bad_data_stops_before_the_model_loads(chapter, case, n, synthetic_coco, tmp_path):
+    import papermill as pm
+
+    if case == "every image evaluated":  # 12 scenes, 100 objects asked for: no reference image is left
+        (annotations, images), sentence = synthetic_coco, "none is left for the mean visual embedding"
+    else:
+        (annotations, images), sentence = _bad_data(case, synthetic_coco, tmp_path), BAD_DATA[case]
+    with pytest.raises(pm.PapermillExecutionError) as info:
+        chapters.execute(
+            chapter, "toy-llava", out_dir=tmp_path / "runs", results_dir=tmp_path / "results",
+            annotations=str(annotations), images=str(images), n_samples=n,
+        )  # fmt: skip
+    assert info.value.ename == "DataError"
+    assert sentence in info.value.evalue
+    _assert_stopped_before_the_model(tmp_path, chapter, "toy-llava")
+    meta = _nb(chapters.executed_path(tmp_path / "runs", chapter, "toy-llava"))["metadata"]["papermill"]
+    assert meta["parameters"]["progress"] is False  # the runner turns progress bars off
+
+
+def test_progress_is_a_parameter_of_every_chapter_and_on_by_default():
+    """A person running a notebook gets progress bars; chapters.execute (the book) passes progress=False."""
+    import papermill as pm
+
+    for name in (CH1, "02_containerization"):
+        assert pm.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))["progress"]["default"] == "True"
 
 
 # --------------------------------------------------------------------------- the summary page

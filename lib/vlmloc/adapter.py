@@ -30,6 +30,7 @@ from .interventions.base import Intervention, StepInfo, run_hooks
 from .interventions.hidden import HiddenStates
 from .interventions.tokens import InputEdit
 from .metrics import Box
+from .processor_check import check_geometry, llava_image_processor
 from .registry import ModelSpec, get_spec, weights_fingerprint
 from .scoring import AnswerScores, answer_scores, position_ids, scored_answer, teacher_forced_inputs
 from .sites import SiteMap
@@ -345,6 +346,8 @@ def load_model(
     if "device_map" not in kwargs:
         hf = hf.to(dev)
     processor = AutoProcessor.from_pretrained(spec.source)
-    if spec.family == "llava":
-        processor.image_processor.do_pad = llava_preprocess == "pad"
-    return VLM(spec, hf, processor, dev)
+    if spec.family == "llava":  # pad or crop for real, whatever image processor the checkpoint names
+        processor.image_processor = llava_image_processor(processor.image_processor, llava_preprocess)
+    vlm = VLM(spec, hf, processor, dev)
+    vlm.geometry_check = check_geometry(vlm)  # processor calls only; GeometryError if the views are wrong
+    return vlm

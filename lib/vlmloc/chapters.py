@@ -112,7 +112,8 @@ def execute(
 
     Relative ``out_dir`` and ``results_dir`` are taken from the repository root (``root``, found
     with :func:`repo_root` when None). The notebook gets ``model_id``, the absolute
-    ``results_dir`` and ``params``. A failing cell raises ``papermill.PapermillExecutionError``;
+    ``results_dir`` and ``params`` (``progress=False`` unless given: the book shows no progress
+    bars). A failing cell raises ``papermill.PapermillExecutionError``;
     the executed copy, with the traceback, is written either way.
     """
     import papermill as pm
@@ -124,6 +125,8 @@ def execute(
     out = executed_path(root / out_dir, chapter, model_id)
     out.parent.mkdir(parents=True, exist_ok=True)
     parameters = {"model_id": model_id, "results_dir": str((root / results_dir).resolve()), **params}
+    if "progress" in pm.inspect_notebook(str(source)):  # progress bars help a person, not the book
+        parameters.setdefault("progress", False)
     pm.execute_notebook(
         str(source),
         str(out),
