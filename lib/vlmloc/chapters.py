@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from .registry import UnknownModelError, get_spec
 from .store import model_dirname
 
 __all__ = [
@@ -69,8 +70,10 @@ class Chapter:
     (``<results_dir>/<model>/<name>.json``). ``models`` are what ``run`` executes it on by
     default; ``book_model`` is the model whose executed copy the book shows (a chapter that
     applies to one family only, e.g. InternVL's views, runs and is shown on that family's toy).
-    ``experiment`` names its module in :mod:`vlmloc.experiments`, if it has one. A chapter that
-    runs ``once`` (the results page, which reads every model) ignores ``--models``.
+    ``experiment`` names its module in :mod:`vlmloc.experiments`, if it has one. ``families``
+    limits the chapter to models of those families (None: every family), so ``--models`` never
+    runs InternVL's views on LLaVA. A chapter that runs ``once`` (the results page, which reads
+    every model) ignores ``--models``.
     """
 
     name: str
@@ -80,7 +83,20 @@ class Chapter:
     models: tuple[str, ...] = TOYS
     book_model: str = DEFAULT_MODEL
     experiment: str | None = None
+    families: tuple[str, ...] | None = None
     once: bool = False
+
+    def applies_to(self, model_id: str) -> bool:
+        """Whether the chapter runs on ``model_id``: its family is one of ``families``.
+
+        An unknown id is let through: the notebook's parameter check then says what is wrong.
+        """
+        if self.families is None:
+            return True
+        try:
+            return get_spec(model_id).family in self.families
+        except UnknownModelError:
+            return True
 
     @property
     def number(self) -> int | None:
@@ -169,8 +185,9 @@ def get(name: str) -> Chapter:
 def plan(chapters: Iterable[str] | None = None, models: Iterable[str] | None = None) -> list[tuple[str, str]]:
     """The (chapter, model) runs in execution order.
 
-    ``models`` replaces each chapter's default models (chapters that run ``once`` keep theirs);
-    ``chapters`` selects chapters by name. Unknown chapter names are an error.
+    ``models`` replaces each chapter's default models (chapters that run ``once`` keep theirs;
+    a chapter limited to some families skips the others); ``chapters`` selects chapters by name.
+    Unknown chapter names are an error.
     """
     wanted = list(chapters) if chapters else names()
     unknown = [c for c in wanted if c not in names()]
@@ -182,6 +199,7 @@ def plan(chapters: Iterable[str] | None = None, models: Iterable[str] | None = N
         for c in CHAPTERS
         if c.name in wanted
         for model in (c.models if (models is None or c.once) else models)
+        if c.once or c.applies_to(model)
     ]
 
 
