@@ -7,17 +7,32 @@ percent; ``None`` marks a number the paper does not report.
 
 from __future__ import annotations
 
-__all__ = ["CONTROL_SET", "MODELS", "RESULTS", "SUMMARY_CONDITIONS", "paper_numbers"]
+__all__ = [
+    "CONTROL_SET",
+    "LLAVA_7B",
+    "INTERNVL_8B",
+    "MODELS",
+    "RESULTS",
+    "SUMMARY_CONDITIONS",
+    "conditions_of",
+    "paper_numbers",
+    "paper_result",
+    "substitutions",
+]
+
+#: The paper's two main models, by the ids this package loads them with.
+LLAVA_7B = "llava-hf/llava-1.5-7b-hf"
+INTERNVL_8B = "OpenGVLab/InternVL3_5-8B-HF"
 
 #: Display names of the paper's models, keyed by the model ids this package loads them with.
 MODELS: dict[str, str] = {
-    "llava-hf/llava-1.5-7b-hf": "LLaVA-1.5-7B",
-    "OpenGVLab/InternVL3_5-8B-HF": "InternVL-3.5-8B",
+    LLAVA_7B: "LLaVA-1.5-7B",
+    INTERNVL_8B: "InternVL-3.5-8B",
 }
 
 #: ``RESULTS[model_id][condition] = {"loc": ..., "cls": ...}`` (Tables 1, 2 and 3 of the paper).
 RESULTS: dict[str, dict[str, dict[str, float | None]]] = {
-    "llava-hf/llava-1.5-7b-hf": {
+    LLAVA_7B: {
         "baseline": {"loc": 35.34, "cls": 58.10},
         "object_tokens": {"loc": 5.92, "cls": 19.44, "share": 8.0},
         "object_padding_2": {"loc": 0.34, "cls": 10.59, "share": 21.0},
@@ -25,7 +40,7 @@ RESULTS: dict[str, dict[str, dict[str, float | None]]] = {
         "global_shuffle": {"loc": 1.90, "cls": 62.42},
         "intra_object_shuffle": {"loc": 35.30, "cls": 58.44},
     },
-    "OpenGVLab/InternVL3_5-8B-HF": {
+    INTERNVL_8B: {
         "baseline": {"loc": 72.64, "cls": 83.30},
         "object_tokens": {"loc": 11.27, "cls": 33.19},
         "global_view_object_tokens": {"loc": 36.20, "cls": 73.80},
@@ -48,7 +63,7 @@ SUMMARY_CONDITIONS: dict[str, str] = {
 
 #: The object-removal control set of the paper (LLaVA-1.5-7B, LaMa inpainting).
 CONTROL_SET: dict[str, object] = {
-    "model_id": "llava-hf/llava-1.5-7b-hf",
+    "model_id": LLAVA_7B,
     "n_kept": 2248,
     "n_images": 1720,
     "method": "lama",
@@ -58,3 +73,42 @@ CONTROL_SET: dict[str, object] = {
 def paper_numbers(condition: str) -> dict[str, dict[str, float | None]]:
     """``{display name: {"loc", "cls"}}`` of every paper model that reports ``condition``."""
     return {MODELS[m]: dict(rows[condition]) for m, rows in RESULTS.items() if condition in rows}
+
+
+def conditions_of(*sections: str) -> dict[str, str]:
+    """Our condition name -> the paper's, for the summary ``sections`` named (e.g. "ablation").
+
+    Figures and tables of one chapter know a condition by its bare name ("object", "global");
+    within the sections of one chapter those names are unique, across chapters they are not
+    ("shuffle.global" and "views.global"), hence the choice of sections.
+    """
+    return {
+        key.rpartition(".")[2]: name
+        for key, name in SUMMARY_CONDITIONS.items()
+        if key.partition(".")[0] in sections
+    }
+
+
+def paper_result(model_id: str, condition: str | None) -> dict[str, float | None] | None:
+    """The paper's numbers for ``condition`` (a paper condition name) on ``model_id``; None if unreported."""
+    return RESULTS.get(model_id, {}).get(condition) if condition else None
+
+
+def substitutions() -> dict[str, str]:
+    """The paper's numbers that the book's Markdown pages quote, as MyST substitutions.
+
+    ``_config.yml`` (``parse.myst_substitutions``) must hold exactly these (a test checks it);
+    ``book/intro.md`` writes ``{{ llava_loc }}`` instead of typing the number.
+    """
+    llava, internvl = RESULTS[LLAVA_7B], RESULTS[INTERNVL_8B]
+    base = internvl["baseline"]["loc"]
+    return {
+        "llava_loc": f"{llava['baseline']['loc']:.1f}",
+        "llava_loc_round": f"{llava['baseline']['loc']:.0f}",
+        "llava_cls_round": f"{llava['baseline']['cls']:.0f}",
+        "llava_object_share": f"{llava['object_tokens']['share']:.0f}",
+        "llava_object_loc": f"{llava['object_tokens']['loc']:.1f}",
+        "llava_intra_shuffle_change": f"{llava['baseline']['loc'] - llava['intra_object_shuffle']['loc']:.2f}",
+        "internvl_global_view_drop": f"{base - internvl['global_view_object_tokens']['loc']:.0f}",
+        "internvl_local_view_drop": f"{base - internvl['local_view_object_tokens']['loc']:.0f}",
+    }
