@@ -7,7 +7,15 @@ percent; ``None`` marks a number the paper does not report.
 
 from __future__ import annotations
 
-__all__ = ["CONTROL_SET", "MODELS", "RESULTS", "SUMMARY_CONDITIONS", "paper_numbers"]
+__all__ = [
+    "CONTROL_SET",
+    "MODELS",
+    "POSITION_PEAKS",
+    "POSITION_PROBES",
+    "RESULTS",
+    "SUMMARY_CONDITIONS",
+    "paper_numbers",
+]
 
 #: Display names of the paper's models, keyed by the model ids this package loads them with.
 MODELS: dict[str, str] = {
@@ -58,3 +66,14 @@ CONTROL_SET: dict[str, object] = {
 def paper_numbers(condition: str) -> dict[str, dict[str, float | None]]:
     """``{display name: {"loc", "cls"}}`` of every paper model that reports ``condition``."""
     return {MODELS[m]: dict(rows[condition]) for m, rows in RESULTS.items() if condition in rows}
+
+
+#: Position decoding (Section 3, "Implicit spatial reconstruction"): the LLM layer where linear
+#: probes read a visual token's row and column best, of the model's ``n_layers`` decoder layers
+#: (the paper's numbering; whether layer 0 is the embeddings is not stated).
+POSITION_PEAKS: dict[str, dict[str, int]] = {
+    "llava-hf/llava-1.5-7b-hf": {"layer": 12, "n_layers": 32},
+    "OpenGVLab/InternVL3_5-8B-HF": {"layer": 7, "n_layers": 36},
+}
+#: The paper's probe training: 10 epochs on 50k ImageNet images, tested on 10k.
+POSITION_PROBES: dict[str, object] = {"epochs": 10, "n_train": 50_000, "n_test": 10_000, "data": "ImageNet"}
