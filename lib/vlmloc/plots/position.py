@@ -67,8 +67,8 @@ def plot_decoding_path(summary: Mapping, paper_text: str | None = None) -> Figur
     )
     best = summary["peaks"]["llm"]["site"]
     bi = next(i for i, s in enumerate(sites) if s["site"] == best)
-    ax.annotate("best LLM layer", (bi, (sites[bi]["row_acc"] + sites[bi]["col_acc"]) / 2), xytext=(0, -28),
-                textcoords="offset points", ha="center", fontsize=8, arrowprops={"arrowstyle": "->", "lw": 0.8})  # fmt: skip
+    ax.axvline(bi, color="black", lw=0.8, ls="-.")
+    ax.text(bi, 97, " best LLM layer", fontsize=7.5, va="top", ha="left" if bi < len(sites) - 2 else "right")
     ax.set_xticks(x, [_tick(s) for s in sites], fontsize=8)
     ax.set_xlim(-0.5, len(sites) - 0.5)
     ax.set_ylim(0, 100)
@@ -85,15 +85,21 @@ def plot_decoding_path(summary: Mapping, paper_text: str | None = None) -> Figur
 
 def plot_cell_accuracy(panels: Mapping[str, Sequence[Sequence[float]]], metric: str = "exact-cell") -> Figure:
     """Heatmaps of accuracy per grid cell (one panel per site), the four corners outlined."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 0.6, 3.3), squeeze=False)
-    for ax, (title, cells) in zip(axes[0], panels.items(), strict=True):
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.4 * len(panels) + 0.8, 3.4), squeeze=False, layout="constrained"
+    )
+    for i, (ax, (title, cells)) in enumerate(zip(axes[0], panels.items(), strict=True)):
         a = np.asarray(cells, float)
         im = ax.imshow(a, vmin=0, vmax=100, cmap="viridis")
         r, c = a.shape
         for rr, cc in ((0, 0), (0, c - 1), (r - 1, 0), (r - 1, c - 1)):
             ax.add_patch(Rectangle((cc - 0.5, rr - 0.5), 1, 1, fill=False, ec="white", lw=1.6))
+        step = max(1, c // 6)
+        ax.set_xticks(range(0, c, step))
+        ax.set_yticks(range(0, r, step))
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("column")
-        ax.set_ylabel("row")
+        if i == 0:
+            ax.set_ylabel("row")
     fig.colorbar(im, ax=list(axes[0]), shrink=0.85, label=f"{metric} accuracy %")
     return fig
