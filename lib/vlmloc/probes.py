@@ -194,14 +194,17 @@ class ProbeParams:
 
     ``token_batch`` tokens per optimizer step (each streamed image batch gives several steps),
     Adam with ``lr``. ``cache_mb``: 0 streams every epoch (the default); a positive budget keeps
-    the training batches' values in memory when they fit it (else streams, with a warning).
+    the training batches' values in memory (on the model's device) when they fit it (else
+    streams, with a warning). ``group_sites``: at most this many same-shaped sites share one
+    batched matmul, so a step holds at most that many sites' values in float32.
     """
 
     epochs: int = 10
-    lr: float = 1e-3
-    token_batch: int = 512
+    lr: float = 1e-2
+    token_batch: int = 1024
     seed: int = 0
     cache_mb: float = 0.0
+    group_sites: int = 8  # sites stacked into one batched matmul (bounds the float32 copy per step)
 
     def config(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "cache_mb"}
@@ -332,12 +335,14 @@ class ProbeBank:
         keys: dict[tuple, list[str]] = {}
         for s in self.sites:
             keys.setdefault((s.startswith("tower."), widths[s], *grids[s]), []).append(s)
-        self.groups = list(keys.values())
+        n = max(1, params.group_sites)
+        self.groups = [g[i : i + n] for g in keys.values() for i in range(0, len(g), n)]
         torch.manual_seed(params.seed)  # the heads' initial weights
         self.probes = [_GroupProbe(len(g), widths[g[0]], *grids[g[0]]).to(device) for g in self.groups]
         self.opts = [torch.optim.Adam(p.parameters(), lr=params.lr) for p in self.probes]
         self.epochs_done = 0
         self.last_batch_bytes = 0
+        self.max_batch_bytes = 0  # the most one batch's site values held (what streaming needs)
         self.seconds = {"forward": 0.0, "probe steps": 0.0}
 
     @classmethod
@@ -363,6 +368,7 @@ class ProbeBank:
         t0 = time.perf_counter()
         values, layouts = read_sites(vlm, _load(paths), self.sites)
         self.last_batch_bytes = activation_bytes(values)
+        self.max_batch_bytes = max(self.max_batch_bytes, self.last_batch_bytes)
         feats, labels = {}, {}
         for name in self.sites:
             feats[name] = site_features(name, values[name], layouts, self.tower_side)
