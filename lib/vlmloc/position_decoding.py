@@ -371,15 +371,21 @@ def decoding_finding(summary: Mapping) -> str:
             else ""
         )
         return head + tail + ref + "."
-    after = (
-        f"then falls to {e:.1f}% after the last" if b - e > 3 else f"and stays near it to the last ({e:.1f}%)"
-    )
-    tail = f", then rises in the LLM to {b:.1f}% after layer {best['layer']} of {n_llm} (depth {best['depth']:.2f}) {after}"
+    layers = [s for s in summary["sites"] if s["stage"] == "llm" and s["layer"] >= 0]
+    if b - e > 3:
+        at = best
+        tail = (f", then rises in the LLM to a peak of {b:.1f}% after layer {best['layer']} of {n_llm} "
+                f"(depth {best['depth']:.2f}) and falls to {e:.1f}% after the last")  # fmt: skip
+    else:
+        first = next(s for s in layers if _mean_rc(s) >= b - 1)
+        at = {**first, "depth": round((first["layer"] + 1) / n_llm, 3)}
+        tail = (f", then rises in the LLM and levels off: within a point of its best ({b:.1f}%) from layer "
+                f"{at['layer']} of {n_llm} (depth {at['depth']:.2f}) to the last")  # fmt: skip
     ref = ""
     if paper:
         pd_ = paper["layer"] / paper["n_layers"]
         ref = (f"; the paper's {paper['model']} also rebuilds positions in the LLM, peaking at layer {paper['layer']} "
-               f"of {paper['n_layers']} (depth {pd_:.2f}), so this peak comes {_depth_words(best['depth'], pd_)}")  # fmt: skip
+               f"of {paper['n_layers']} (depth {pd_:.2f}), so this one gets there {_depth_words(at['depth'], pd_)}")  # fmt: skip
     return head + tail + ref + "."
 
 
