@@ -23,8 +23,8 @@ fine (pixel shuffle merges 2x2 patches into one token). For InternVL all views (
 thumbnail, one shared grid) train one probe per site; test accuracy is also split by view kind.
 
     bank = ProbeBank.for_model(vlm, ProbeParams(epochs=10, seed=0))
-    bank.fit(vlm, train_batches)     # batches: lists of PIL images (re-iterable)
-    result = bank.evaluate(vlm, test_batches)
+    bank.fit(vlm, image_batches(train_paths, 16))    # batches of image paths
+    result = bank.evaluate(vlm, image_batches(test_paths, 16))
 """
 
 from __future__ import annotations
