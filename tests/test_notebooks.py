@@ -17,6 +17,7 @@ from vlmloc.store import model_dirname, read_summary, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 CH1 = "01_data_and_baselines"
+CH4 = "04_position_decoding"
 SMALL = 24  # objects per chapter run in the tests
 
 
@@ -85,6 +86,52 @@ def test_chapter1_runs_on_toy_internvl_from_the_command_line(tmp_path):
     out = tmp_path / "runs" / "toy-internvl" / f"{CH1}.ipynb"
     assert _nb(out)["metadata"]["papermill"]["parameters"]["model_id"] == "toy-internvl"
     _check_chapter1(out, tmp_path / "results", "toy-internvl")
+
+
+# --------------------------------------------------------------------------- chapter 4 end to end
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("model_id", ["toy-llava", "toy-internvl"])
+def test_chapter4_runs_on_both_toys(model_id, tmp_path):
+    out = chapters.execute(
+        CH4, model_id, out_dir=tmp_path / "runs", results_dir=tmp_path / "results",
+        n_train=24, n_test=12, epochs=2, progress=False,
+    )  # fmt: skip
+    s = read_summary(tmp_path / "results", model_id, CH4)
+    assert s["model_id"] == model_id and s["n_train"] == 24 and s["n_test"] == 12 and s["streamed"]
+    stages = [x["stage"] for x in s["sites"]]
+    assert stages == sorted(stages, key=["tower", "projector", "llm"].index), "sites in path order"
+    assert stages.count("projector") == 1 and stages.count("llm") == 9 and stages.count("tower") == 4
+    for x in s["sites"]:
+        assert {"stage", "layer", "row_acc", "col_acc", "cell_acc"} <= set(x)
+        assert 0 <= x["cell_acc"] <= min(x["row_acc"], x["col_acc"]) <= 100
+    assert set(s["chance"]) == {"row", "col", "cell"}
+    assert set(s["corners"]) == {"projector", "best_llm"}
+    assert s["paper_peak"]["layer"] in (12, 7)
+    nb = _nb(out)
+    images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 2, "the path plot and the per-cell heatmaps"
+    assert _outputs_text(nb).count("Finding.") >= 3
+
+
+@pytest.mark.notebooks
+def test_chapter4_stops_on_bad_probe_parameters(tmp_path):
+    import papermill as pm
+    import vlmloc
+
+    ann, img = vlmloc.resolve_data(None, None)
+    cases = [
+        ({"n_train": 600, "n_test": 10, "annotations": str(ann), "images": str(img)}, "lists 500 that exist"),
+        ({"epochs": 0}, "epochs must be a positive integer"),
+    ]
+    for params, sentence in cases:
+        with pytest.raises(pm.PapermillExecutionError) as info:
+            chapters.execute(
+                CH4, "toy-llava", out_dir=tmp_path / "runs", results_dir=tmp_path / "results", **params
+            )
+        assert info.value.ename == "ParameterError" and sentence in info.value.evalue
+    assert not (tmp_path / "results").exists()
 
 
 # --------------------------------------------------------------------------- bad parameters stop early

@@ -133,6 +133,13 @@ CHAPTERS: tuple[Chapter, ...] = (
         experiment="ch02_containerization",
     ),
     Chapter(
+        "04_position_decoding",
+        "Position decoding",
+        "Where is the 2-D grid rebuilt?",
+        "linear probes per layer",
+        experiment="ch04_position_decoding",
+    ),
+    Chapter(
         "summary",
         "Results across models",
         "Toy vs LLaVA vs InternVL, beside the paper",
@@ -145,7 +152,6 @@ CHAPTERS: tuple[Chapter, ...] = (
 #: The study's chapters still to write; an entry moves to :data:`CHAPTERS` with its notebook.
 PLANNED: tuple[Planned, ...] = (
     Planned(3, "Global vs local views", "Which InternVL view carries space?", "view-wise ablation"),
-    Planned(4, "Position decoding", "Where is the 2-D grid rebuilt?", "linear probes per layer"),
     Planned(5, "Attention knockout", "Which layers read the object tokens?", "attention knockout"),
     Planned(6, "Causal mediation", "Which heads carry the effect?", "activation patching, MF"),
     Planned(7, "Head ablation", "Does localization need recognition first?", "ablate top heads"),

@@ -12,6 +12,8 @@ __all__ = [
     "LLAVA_7B",
     "INTERNVL_8B",
     "MODELS",
+    "POSITION_PEAKS",
+    "POSITION_PROBES",
     "RESULTS",
     "SUMMARY_CONDITIONS",
     "conditions_of",
@@ -112,3 +114,14 @@ def substitutions() -> dict[str, str]:
         "internvl_global_view_drop": f"{base - internvl['global_view_object_tokens']['loc']:.0f}",
         "internvl_local_view_drop": f"{base - internvl['local_view_object_tokens']['loc']:.0f}",
     }
+
+
+#: Position decoding (Section 3, "Implicit spatial reconstruction"): the LLM layer where linear
+#: probes read a visual token's row and column best, of the model's ``n_layers`` decoder layers
+#: (the paper's numbering; whether layer 0 is the embeddings is not stated).
+POSITION_PEAKS: dict[str, dict[str, int]] = {
+    LLAVA_7B: {"layer": 12, "n_layers": 32},
+    INTERNVL_8B: {"layer": 7, "n_layers": 36},
+}
+#: The paper's probe training: 10 epochs on 50k ImageNet images, tested on 10k.
+POSITION_PROBES: dict[str, object] = {"epochs": 10, "n_train": 50_000, "n_test": 10_000, "data": "ImageNet"}
