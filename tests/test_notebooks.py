@@ -166,9 +166,16 @@ def test_plan_runs_every_chapter_on_its_models_summary_last():
         (CH1, "toy-internvl"),
         ("02_containerization", "toy-llava"),
         ("02_containerization", "toy-internvl"),
+        ("05_attention_knockout", "toy-llava"),
+        ("05_attention_knockout", "toy-internvl"),
         ("summary", "toy-llava"),
     ]
-    assert chapters.plan(models=["x"]) == [(CH1, "x"), ("02_containerization", "x"), ("summary", "toy-llava")]
+    assert chapters.plan(models=["x"]) == [
+        (CH1, "x"),
+        ("02_containerization", "x"),
+        ("05_attention_knockout", "x"),
+        ("summary", "toy-llava"),
+    ]
     assert chapters.plan(chapters=["summary"]) == [("summary", "toy-llava")]
     with pytest.raises(ValueError, match="unknown chapter"):
         chapters.plan(chapters=["03_nope"])

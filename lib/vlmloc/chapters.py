@@ -46,6 +46,7 @@ DEFAULT_MODEL = "toy-llava"
 CHAPTERS: list[tuple[str, tuple[str, ...]]] = [
     ("01_data_and_baselines", TOYS),
     ("02_containerization", TOYS),
+    ("05_attention_knockout", TOYS),
     ("summary", (DEFAULT_MODEL,)),
 ]
 #: Chapters that run once whatever ``--models`` says.

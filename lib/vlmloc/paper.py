@@ -7,7 +7,16 @@ percent; ``None`` marks a number the paper does not report.
 
 from __future__ import annotations
 
-__all__ = ["CONTROL_SET", "MODELS", "RESULTS", "SUMMARY_CONDITIONS", "paper_numbers"]
+__all__ = [
+    "CONTROL_SET",
+    "KNOCKOUT_LAYERS",
+    "MODELS",
+    "N_LAYERS",
+    "RESULTS",
+    "SUMMARY_CONDITIONS",
+    "knockout_layers",
+    "paper_numbers",
+]
 
 #: Display names of the paper's models, keyed by the model ids this package loads them with.
 MODELS: dict[str, str] = {
@@ -53,6 +62,38 @@ CONTROL_SET: dict[str, object] = {
     "n_images": 1720,
     "method": "lama",
 }
+
+
+#: Decoder layers of the paper's models (LLaVA-1.5-7B: Vicuna-7B; InternVL-3.5-8B: Qwen3-8B).
+N_LAYERS: dict[str, int] = {
+    "llava-hf/llava-1.5-7b-hf": 32,
+    "OpenGVLab/InternVL3_5-8B-HF": 36,
+}
+
+#: Attention knockout (Section 3, as summarized in paper.md): "Using attention knockout (blocking
+#: attention to object tokens by layer groups), they found LLaVA relies on early-mid layers and
+#: InternVL on mid-late layers. Both tasks share early layers, but localization requires extra
+#: task-specific processing." The paper states no layer numbers for the knockout, so these are
+#: our reading as fractions of depth ``[start, end)``: depth cut in thirds, "early-mid" = the
+#: first two thirds, "mid-late" = the last two. ``words`` keeps the paper's own phrase.
+KNOCKOUT_LAYERS: dict[str, dict[str, object]] = {
+    "llava-hf/llava-1.5-7b-hf": {"fraction": (0.0, 2 / 3), "words": "early-to-middle layers"},
+    "OpenGVLab/InternVL3_5-8B-HF": {"fraction": (1 / 3, 1.0), "words": "middle-to-late layers"},
+}
+
+
+def knockout_layers(paper_model: str, n_layers: int) -> tuple[int, int]:
+    """The paper's knockout range for ``paper_model`` scaled to ``n_layers``: inclusive ``(first, last)``.
+
+    A layer belongs to the range when its centre, ``(layer + 0.5) / n_layers``, lies in the
+    fraction; on the paper's own models this gives LLaVA-1.5-7B layers 0-20 of 32 and
+    InternVL-3.5-8B layers 12-35 of 36.
+    """
+    lo, hi = KNOCKOUT_LAYERS[paper_model]["fraction"]  # type: ignore[misc]
+    inside = [
+        i for i in range(n_layers) if lo <= (i + 0.5) / n_layers < hi or (hi == 1.0 and i == n_layers - 1)
+    ]
+    return inside[0], inside[-1]
 
 
 def paper_numbers(condition: str) -> dict[str, dict[str, float | None]]:

@@ -2,3 +2,4 @@
 
 from .common import *  # noqa: F403
 from .containers import *  # noqa: F403
+from .knockout import *  # noqa: F403
