@@ -52,6 +52,7 @@ __all__ = [
     "most_harmful",
     "paper_finding",
     "query_from",
+    "results_table",
     "task_finding",
     "window_label",
 ]
@@ -484,3 +485,36 @@ def paper_finding(summary: Mapping) -> str:
     inside = [mh[t]["in_paper_range"] for t in TASKS]
     where = "inside" if all(inside) else "outside" if not any(inside) else "partly inside"
     return f"On {m}, the most harmful windows ({', '.join(parts)}) lie {where} the paper's {range_}."
+
+
+def results_table(collected: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:
+    """For the results page: per model and task, the most harmful window beside the paper's range.
+
+    ``collected`` is :func:`vlmloc.report.collect_summaries`'s ``{model: {chapter: summary}}``.
+    """
+    rows = []
+    for model, chapters in sorted(collected.items()):
+        s = chapters.get(CHAPTER)
+        if not s:
+            continue
+        p = s["paper"]
+        for task in TASKS:
+            mh = s["most_harmful"][task]
+            k = KEY[task]
+            rows.append(
+                {
+                    "model": model,
+                    "task": task,
+                    "most harmful window": mh["window"],
+                    f"{NAME[task]} % there (baseline)": f"{mh['score']:.1f} ({s['baseline'][k]:.1f})"
+                    if mh["window"]
+                    else "—",
+                    "random tokens there": f"{mh['random']:.1f}" if mh["window"] else "—",
+                    "windows needed": ", ".join(s["critical"][task]) or "none",
+                    "paper's range (scaled)": f"{p['words']} of {p['model']}: layers {p['layers'][0]}-{p['layers'][1]} "
+                    f"of {s['n_layers']}",
+                    "in range": "yes" if mh.get("in_paper_range") else "no",
+                    "n": s["n_samples"],
+                }
+            )
+    return pd.DataFrame(rows)
