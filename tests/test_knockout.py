@@ -230,6 +230,11 @@ def test_table_and_plot_show_every_window():
     assert table.loc["2-5", "Cls object"] == "60.0 ± 1.0"
     fig = plots.plot_knockout_curves(s)
     assert len(fig.axes) == 2
+    s.update(n_samples=100, most_harmful={t: ko.most_harmful(s, t) for t in ko.TASKS})
+    s["critical"] = {t: ko.critical_windows(s, t) for t in ko.TASKS}
+    page = ko.results_table({"toy": {ko.CHAPTER: s}, "other": {"01_data_and_baselines": {}}})
+    assert list(page["task"]) == list(ko.TASKS) and not page.isna().any().any()
+    assert page.set_index("task").loc["classification", "% there (baseline)"] == "Cls 10.0 (90.0)"
 
 
 # --- the chapter ------------------------------------------------------------------------------

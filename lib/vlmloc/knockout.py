@@ -506,7 +506,7 @@ def results_table(collected: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:
                     "model": model,
                     "task": task,
                     "most harmful window": mh["window"],
-                    f"{NAME[task]} % there (baseline)": f"{mh['score']:.1f} ({s['baseline'][k]:.1f})"
+                    "% there (baseline)": f"{NAME[task]} {mh['score']:.1f} ({s['baseline'][k]:.1f})"
                     if mh["window"]
                     else "—",
                     "random tokens there": f"{mh['random']:.1f}" if mh["window"] else "—",
