@@ -140,6 +140,13 @@ CHAPTERS: tuple[Chapter, ...] = (
         experiment="ch04_position_decoding",
     ),
     Chapter(
+        "05_attention_knockout",
+        "Attention knockout",
+        "Which layers read the object tokens?",
+        "attention knockout",
+        experiment="ch05_attention_knockout",
+    ),
+    Chapter(
         "summary",
         "Results across models",
         "Toy vs LLaVA vs InternVL, beside the paper",
@@ -152,7 +159,6 @@ CHAPTERS: tuple[Chapter, ...] = (
 #: The study's chapters still to write; an entry moves to :data:`CHAPTERS` with its notebook.
 PLANNED: tuple[Planned, ...] = (
     Planned(3, "Global vs local views", "Which InternVL view carries space?", "view-wise ablation"),
-    Planned(5, "Attention knockout", "Which layers read the object tokens?", "attention knockout"),
     Planned(6, "Causal mediation", "Which heads carry the effect?", "activation patching, MF"),
     Planned(7, "Head ablation", "Does localization need recognition first?", "ablate top heads"),
 )

@@ -11,12 +11,15 @@ __all__ = [
     "CONTROL_SET",
     "LLAVA_7B",
     "INTERNVL_8B",
+    "KNOCKOUT_LAYERS",
     "MODELS",
+    "N_LAYERS",
     "POSITION_PEAKS",
     "POSITION_PROBES",
     "RESULTS",
     "SUMMARY_CONDITIONS",
     "conditions_of",
+    "knockout_layers",
     "paper_numbers",
     "paper_result",
     "substitutions",
@@ -72,6 +75,38 @@ CONTROL_SET: dict[str, object] = {
 }
 
 
+#: Decoder layers of the paper's models (LLaVA-1.5-7B: Vicuna-7B; InternVL-3.5-8B: Qwen3-8B).
+N_LAYERS: dict[str, int] = {
+    LLAVA_7B: 32,
+    INTERNVL_8B: 36,
+}
+
+#: Attention knockout (Section 3, as summarized in paper.md): "Using attention knockout (blocking
+#: attention to object tokens by layer groups), they found LLaVA relies on early-mid layers and
+#: InternVL on mid-late layers. Both tasks share early layers, but localization requires extra
+#: task-specific processing." The paper states no layer numbers for the knockout, so these are
+#: our reading as fractions of depth ``[start, end)``: depth cut in thirds, "early-mid" = the
+#: first two thirds, "mid-late" = the last two. ``words`` keeps the paper's own phrase.
+KNOCKOUT_LAYERS: dict[str, dict[str, object]] = {
+    LLAVA_7B: {"fraction": (0.0, 2 / 3), "words": "early-to-middle layers"},
+    INTERNVL_8B: {"fraction": (1 / 3, 1.0), "words": "middle-to-late layers"},
+}
+
+
+def knockout_layers(paper_model: str, n_layers: int) -> tuple[int, int]:
+    """The paper's knockout range for ``paper_model`` scaled to ``n_layers``: inclusive ``(first, last)``.
+
+    A layer belongs to the range when its centre, ``(layer + 0.5) / n_layers``, lies in the
+    fraction; on the paper's own models this gives LLaVA-1.5-7B layers 0-20 of 32 and
+    InternVL-3.5-8B layers 12-35 of 36.
+    """
+    lo, hi = KNOCKOUT_LAYERS[paper_model]["fraction"]  # type: ignore[misc]
+    inside = [
+        i for i in range(n_layers) if lo <= (i + 0.5) / n_layers < hi or (hi == 1.0 and i == n_layers - 1)
+    ]
+    return inside[0], inside[-1]
+
+
 def paper_numbers(condition: str) -> dict[str, dict[str, float | None]]:
     """``{display name: {"loc", "cls"}}`` of every paper model that reports ``condition``."""
     return {MODELS[m]: dict(rows[condition]) for m, rows in RESULTS.items() if condition in rows}
@@ -120,8 +155,8 @@ def substitutions() -> dict[str, str]:
 #: probes read a visual token's row and column best, of the model's ``n_layers`` decoder layers
 #: (the paper's numbering; whether layer 0 is the embeddings is not stated).
 POSITION_PEAKS: dict[str, dict[str, int]] = {
-    LLAVA_7B: {"layer": 12, "n_layers": 32},
-    INTERNVL_8B: {"layer": 7, "n_layers": 36},
+    LLAVA_7B: {"layer": 12, "n_layers": N_LAYERS[LLAVA_7B]},
+    INTERNVL_8B: {"layer": 7, "n_layers": N_LAYERS[INTERNVL_8B]},
 }
 #: The paper's probe training: 10 epochs on 50k ImageNet images, tested on 10k.
 POSITION_PROBES: dict[str, object] = {"epochs": 10, "n_train": 50_000, "n_test": 10_000, "data": "ImageNet"}

@@ -2,4 +2,5 @@
 
 from .common import *  # noqa: F403
 from .containers import *  # noqa: F403
+from .knockout import *  # noqa: F403
 from .position import *  # noqa: F403
