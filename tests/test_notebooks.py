@@ -17,6 +17,7 @@ from vlmloc.store import model_dirname, read_summary, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 CH1 = "01_data_and_baselines"
+CH3 = "03_views"
 SMALL = 24  # objects per chapter run in the tests
 
 
@@ -85,6 +86,55 @@ def test_chapter1_runs_on_toy_internvl_from_the_command_line(tmp_path):
     out = tmp_path / "runs" / "toy-internvl" / f"{CH1}.ipynb"
     assert _nb(out)["metadata"]["papermill"]["parameters"]["model_id"] == "toy-internvl"
     _check_chapter1(out, tmp_path / "results", "toy-internvl")
+
+
+# --------------------------------------------------------------------------- chapter 3 (InternVL's views)
+
+
+@pytest.mark.notebooks
+def test_chapter3_runs_on_toy_internvl(tmp_path):
+    results = tmp_path / "results"
+    out = chapters.execute(
+        CH3, "toy-internvl", out_dir=tmp_path / "runs", results_dir=results, n_samples=SMALL
+    )
+    summary = read_summary(results, "toy-internvl", CH3)
+    assert summary["model_id"] == "toy-internvl" and summary["n_samples"] == SMALL
+    assert set(summary["ablation"]) == {"global", "local", "both", "random_global", "random_local"}
+    for entry in [summary["baseline"], *summary["ablation"].values()]:
+        assert entry["n"] == SMALL and 0.0 <= entry["loc"] <= 100.0 and 0.0 <= entry["cls"] <= 100.0
+        assert {"loc_se", "cls_se"} <= set(entry)
+        assert set(entry["by_size"]) == {"small", "medium", "large"}
+        assert sum(e["n"] for e in entry["by_size"].values()) == SMALL
+        for e in entry["by_size"].values():
+            assert {"loc", "cls", "loc_se", "cls_se", "n"} <= set(e)
+    assert summary["selection"]["drawn"] == {"small": 8, "medium": 8, "large": 8}  # stratified
+    assert all(summary["selection"]["multi_view"][c] >= 8 for c in ("small", "medium", "large"))
+    nb = _nb(out)
+    images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 2, "the chapter should show the bars by size and the example's views"
+    text = _outputs_text(nb)
+    assert "Finding." in text and "72.64" in text and "36.20" in text
+
+
+@pytest.mark.notebooks
+def test_chapter3_stops_on_a_single_view_model_before_loading_it(tmp_path):
+    import papermill as pm
+
+    with pytest.raises(pm.PapermillExecutionError) as info:
+        chapters.execute(CH3, "toy-llava", out_dir=tmp_path / "runs", results_dir=tmp_path / "results")
+    err = info.value
+    assert err.ename == "SingleViewModelError"
+    assert "toy-llava" in err.evalue and "toy-internvl" in err.evalue and err.evalue.count(". ") == 0
+    cells = _nb(chapters.executed_path(tmp_path / "runs", CH3, "toy-llava"))["cells"]
+    failing = [
+        i for i, c in enumerate(cells) if any(o.get("output_type") == "error" for o in c.get("outputs", []))
+    ]
+    params = next(i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", []))
+    loading = next(i for i, c in enumerate(cells) if "load_model(" in _source(c))
+    assert failing == [params + 2], "the check must fail in the validation cell right after the parameters"
+    assert failing[0] < loading
+    assert all(c.get("execution_count") is None for c in cells[failing[0] + 1 :] if c["cell_type"] == "code")
+    assert not (tmp_path / "results").exists(), "nothing may be written for a model the chapter cannot run"
 
 
 # --------------------------------------------------------------------------- bad parameters stop early
@@ -166,9 +216,15 @@ def test_plan_runs_every_chapter_on_its_models_summary_last():
         (CH1, "toy-internvl"),
         ("02_containerization", "toy-llava"),
         ("02_containerization", "toy-internvl"),
+        (CH3, "toy-internvl"),
         ("summary", "toy-llava"),
     ]
-    assert chapters.plan(models=["x"]) == [(CH1, "x"), ("02_containerization", "x"), ("summary", "toy-llava")]
+    assert chapters.plan(models=["x"]) == [
+        (CH1, "x"),
+        ("02_containerization", "x"),
+        (CH3, "x"),
+        ("summary", "toy-llava"),
+    ]
     assert chapters.plan(chapters=["summary"]) == [("summary", "toy-llava")]
     with pytest.raises(ValueError, match="unknown chapter"):
         chapters.plan(chapters=["03_nope"])
@@ -202,9 +258,11 @@ def test_stage_fails_naming_the_missing_run_and_copies_nothing(tmp_path):
         chapters.stage(runs, book, root=tmp_path)
     msg = str(info.value)
     assert f"missing run: {CH1} on toy-llava" in msg
+    assert f"missing run: {CH3} on toy-internvl" in msg  # the chapter's own book model
     assert "missing run: summary" not in msg
-    missing = " ".join(name for name, _ in chapters.CHAPTERS if name != "summary")
+    missing = " ".join(name for name, _ in chapters.CHAPTERS if name not in ("summary", CH3))
     assert f"python -m vlmloc.chapters run --chapters {missing} --models toy-llava" in msg
+    assert f"python -m vlmloc.chapters run --chapters {CH3} --models toy-internvl" in msg
     assert not book.exists() or not any(book.iterdir()), "a partial book must not be staged"
 
 
@@ -216,14 +274,19 @@ def test_stage_refuses_a_failed_run(tmp_path):
         chapters.stage(runs, book, root=tmp_path)
 
 
-def test_stage_copies_every_chapter_of_the_default_model(tmp_path):
+def test_stage_copies_every_chapter_of_its_book_model(tmp_path):
     runs, book = tmp_path / "runs", tmp_path / "book"
     for name, _ in chapters.CHAPTERS:
-        _fake_run(runs, name)
-        _fake_run(runs, name, model="toy-internvl", failed=True)  # other models are not staged
+        _fake_run(runs, name, failed=name == CH3)  # toy-llava cannot run chapter 3
+        _fake_run(runs, name, model="toy-internvl", failed=name != CH3)  # only its chapter 3 is staged
     staged = chapters.stage(runs, book, root=tmp_path)
     assert [p.name for p in staged] == [f"{n}.ipynb" for n, _ in chapters.CHAPTERS]
-    assert all((book / p.name).is_file() for p in staged)
+    for p in staged:
+        model = json.loads(p.read_text())["metadata"]["papermill"]["parameters"]["model_id"]
+        assert model == ("toy-internvl" if p.stem == CH3 else "toy-llava"), p.name
+    # a book staged for one model takes every chapter from it
+    assert chapters.book_model(CH3, "OpenGVLab/InternVL3_5-8B-HF") == "OpenGVLab/InternVL3_5-8B-HF"
+    assert chapters.book_model(CH1) == "toy-llava" and chapters.book_model(CH3) == "toy-internvl"
 
 
 def test_stage_cli_exits_1_with_the_message(tmp_path, capsys):

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-EXPECTED_CHAPTERS = ["01_data_and_baselines", "02_containerization"]
+EXPECTED_CHAPTERS = ["01_data_and_baselines", "02_containerization", "03_views"]
 COLAB = "https://colab.research.google.com/github/vlmloc/vlmloc/blob/main/notebooks/{name}"
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 

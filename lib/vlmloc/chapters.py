@@ -6,7 +6,7 @@ beforehand. This module is that step::
     python -m vlmloc.chapters run                      # every chapter on every model it applies to
     python -m vlmloc.chapters run --models toy-internvl --chapters 01_data_and_baselines
     python -m vlmloc.chapters run --models llava-hf/llava-1.5-7b-hf -p device cuda -p dtype float16
-    python -m vlmloc.chapters stage                    # toy-llava's copies -> book/notebooks/
+    python -m vlmloc.chapters stage                    # each chapter's book model -> book/notebooks/
 
 Executed copies go to ``build/runs/<model>/<chapter>.ipynb``; results to ``results/<model>/``.
 The kernel runs in the repository root, so relative paths in parameters mean the same thing in
@@ -27,8 +27,10 @@ from typing import Any
 from .store import model_dirname
 
 __all__ = [
+    "BOOK_MODELS",
     "CHAPTERS",
     "DEFAULT_MODEL",
+    "book_model",
     "TOYS",
     "StageError",
     "execute",
@@ -46,8 +48,11 @@ DEFAULT_MODEL = "toy-llava"
 CHAPTERS: list[tuple[str, tuple[str, ...]]] = [
     ("01_data_and_baselines", TOYS),
     ("02_containerization", TOYS),
+    ("03_views", ("toy-internvl",)),  # needs several views: InternVL only
     ("summary", (DEFAULT_MODEL,)),
 ]
+#: The book shows ``DEFAULT_MODEL``'s copy of every chapter except these, which it cannot run.
+BOOK_MODELS: dict[str, str] = {"03_views": "toy-internvl"}
 #: Chapters that run once whatever ``--models`` says.
 ONCE = frozenset({"summary"})
 EXECUTION_TIMEOUT = 1200
@@ -93,6 +98,15 @@ def plan(chapters: Iterable[str] | None = None, models: Iterable[str] | None = N
         for model in defaults if (models is None or name in ONCE) else models:
             runs.append((name, model))
     return runs
+
+
+def book_model(chapter: str, model_id: str = DEFAULT_MODEL) -> str:
+    """The model whose executed copy of ``chapter`` the book shows when staging ``model_id``'s book.
+
+    The default book takes each chapter from :data:`DEFAULT_MODEL` except those in
+    :data:`BOOK_MODELS`; a book staged for another model takes every chapter from it.
+    """
+    return BOOK_MODELS.get(chapter, model_id) if model_id == DEFAULT_MODEL else model_id
 
 
 def executed_path(out_dir: str | Path, chapter: str, model_id: str) -> Path:
@@ -150,33 +164,36 @@ def stage(
     root: str | Path | None = None,
     chapters: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Copy ``model_id``'s executed chapters into ``book_dir``; refuse if any is missing or failed.
+    """Copy the executed chapters into ``book_dir``; refuse if any is missing or failed.
 
-    Relative paths are taken from the repository root. Nothing is copied unless every chapter
-    is present, so the book never mixes a fresh chapter with a stale one.
+    Each chapter comes from :func:`book_model` (``model_id``'s copy, or for the default book the
+    chapter's own book model). Relative paths are taken from the repository root. Nothing is
+    copied unless every chapter is present, so the book never mixes a fresh chapter with a stale one.
     """
     base = repo_root() if root is None else Path(root).resolve()
     runs, book = base / runs_dir, base / book_dir
     names = list(chapters) if chapters is not None else _chapter_names()
+    models = {name: book_model(name, model_id) for name in names}
     missing, failed = [], []
     for name in names:
-        src = executed_path(runs, name, model_id)
+        src = executed_path(runs, name, models[name])
         if not src.is_file():
             missing.append((name, src))
         elif _failed(src):
             failed.append((name, src))
     if missing or failed:
         lines = [f"cannot stage the book from {runs}:"]
-        lines += [f"  missing run: {n} on {model_id} (no {p})" for n, p in missing]
-        lines += [f"  failed run: {n} on {model_id} ({p} holds the traceback)" for n, p in failed]
-        todo = " ".join(n for n, _ in missing + failed)
-        lines.append(f"execute it with: python -m vlmloc.chapters run --chapters {todo} --models {model_id}")
+        lines += [f"  missing run: {n} on {models[n]} (no {p})" for n, p in missing]
+        lines += [f"  failed run: {n} on {models[n]} ({p} holds the traceback)" for n, p in failed]
+        for model in dict.fromkeys(models[n] for n, _ in missing + failed):
+            todo = " ".join(n for n, _ in missing + failed if models[n] == model)
+            lines.append(f"execute it with: python -m vlmloc.chapters run --chapters {todo} --models {model}")
         raise StageError("\n".join(lines))
     book.mkdir(parents=True, exist_ok=True)
     out = []
     for name in names:
         dst = book / f"{name}.ipynb"
-        shutil.copyfile(executed_path(runs, name, model_id), dst)
+        shutil.copyfile(executed_path(runs, name, models[name]), dst)
         out.append(dst)
     return out
 
@@ -202,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--out-dir", default="build/runs")
     r.add_argument("--results-dir", default="results")
     r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
-    s = sub.add_parser("stage", help=f"copy {DEFAULT_MODEL}'s executed chapters into book/notebooks/")
+    s = sub.add_parser("stage", help="copy each chapter's executed book copy into book/notebooks/")
     s.add_argument("--runs-dir", default="build/runs")
     s.add_argument("--book-dir", default="book/notebooks")
     s.add_argument("--model", default=DEFAULT_MODEL)

@@ -2,3 +2,4 @@
 
 from .common import *  # noqa: F403
 from .containers import *  # noqa: F403
+from .views import *  # noqa: F403
