@@ -601,7 +601,7 @@ def _finding_controls(summary: Mapping) -> str:
     m, a = summary["model_id"], summary["ablation"]
     g, loc, rg, rl = a["global"], a["local"], a["random_global"], a["random_local"]
     head = (
-        f"On {m}, as many random tokens in the same view cost far less or nothing: Loc "
+        f"On {m}, as many random tokens in the same view leave Loc at "
         f"{rg['loc']:.1f}% (thumbnail) and {rl['loc']:.1f}% (tiles), Cls {rg['cls']:.1f}% and {rl['cls']:.1f}%, "
         f"against {g['loc']:.1f}/{loc['loc']:.1f}% and {g['cls']:.1f}/{loc['cls']:.1f}% for the object's own tokens"
     )
@@ -612,9 +612,7 @@ def _finding_controls(summary: Mapping) -> str:
         if rnd[k] - obj[k] > 2 * _se(obj[f"{k}_se"], rnd[f"{k}_se"])
     ]
     if not specific:
-        return head.replace("cost far less or nothing", "cost about as much") + (
-            "; no drop is specific to the object beyond 2 standard errors."
-        )
+        return head + "; no drop is specific to the object beyond 2 standard errors."
     return (
         head + f"; the drop is specific to the object for {', '.join(specific)} (beyond 2 standard errors)."
     )
