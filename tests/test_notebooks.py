@@ -129,9 +129,13 @@ def test_chapter3_stops_on_a_single_view_model_before_loading_it(tmp_path):
     failing = [
         i for i, c in enumerate(cells) if any(o.get("output_type") == "error" for o in c.get("outputs", []))
     ]
-    params = next(i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", []))
+    injected = next(
+        i for i, c in enumerate(cells) if "injected-parameters" in c.get("metadata", {}).get("tags", [])
+    )
+    first_code = next(i for i, c in enumerate(cells) if i > injected and c["cell_type"] == "code")
     loading = next(i for i, c in enumerate(cells) if "load_model(" in _source(c))
-    assert failing == [params + 2], "the check must fail in the validation cell right after the parameters"
+    assert failing == [first_code], "the check must fail in the validation cell right after the parameters"
+    assert "require_multi_view(" in _source(cells[first_code])
     assert failing[0] < loading
     assert all(c.get("execution_count") is None for c in cells[failing[0] + 1 :] if c["cell_type"] == "code")
     assert not (tmp_path / "results").exists(), "nothing may be written for a model the chapter cannot run"
