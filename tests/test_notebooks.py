@@ -12,12 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from vlmloc import chapters
+from vlmloc import chapters, paper
 from vlmloc.store import model_dirname, read_summary, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 CH1 = "01_data_and_baselines"
 CH4 = "04_position_decoding"
+CH3 = "03_views"
 SMALL = 24  # objects per chapter run in the tests
 
 
@@ -132,6 +133,61 @@ def test_chapter4_stops_on_bad_probe_parameters(tmp_path):
             )
         assert info.value.ename == "ParameterError" and sentence in info.value.evalue
     assert not (tmp_path / "results").exists()
+
+
+# --------------------------------------------------------------------------- chapter 3 (InternVL's views)
+
+
+@pytest.mark.notebooks
+def test_chapter3_runs_on_toy_internvl(tmp_path):
+    results = tmp_path / "results"
+    out = chapters.execute(
+        CH3, "toy-internvl", out_dir=tmp_path / "runs", results_dir=results, n_samples=SMALL
+    )
+    summary = read_summary(results, "toy-internvl", CH3)
+    assert summary["model_id"] == "toy-internvl" and summary["n_samples"] == SMALL
+    assert set(summary["ablation"]) == {"global", "local", "both", "random_global", "random_local"}
+    for entry in [summary["baseline"], *summary["ablation"].values()]:
+        assert entry["n"] == SMALL and 0.0 <= entry["loc"] <= 100.0 and 0.0 <= entry["cls"] <= 100.0
+        assert {"loc_se", "cls_se"} <= set(entry)
+        assert set(entry["by_size"]) == {"small", "medium", "large"}
+        assert sum(e["n"] for e in entry["by_size"].values()) == SMALL
+        for e in entry["by_size"].values():
+            assert {"loc", "cls", "loc_se", "cls_se", "n"} <= set(e)
+    assert summary["selection"]["drawn"] == {"small": 8, "medium": 8, "large": 8}  # stratified
+    assert all(summary["selection"]["multi_view"][c] >= 8 for c in ("small", "medium", "large"))
+    nb = _nb(out)
+    images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 2, "the chapter should show the bars by size and the example's views"
+    text = _outputs_text(nb)
+    views = paper.RESULTS[paper.INTERNVL_8B]
+    assert "Finding." in text and f"{views['baseline']['loc']:.2f}" in text
+    assert f"{views['global_view_object_tokens']['loc']:.2f}" in text  # the paper's Table 3 beside ours
+
+
+@pytest.mark.notebooks
+def test_chapter3_stops_on_a_single_view_model_before_loading_it(tmp_path):
+    import papermill as pm
+
+    with pytest.raises(pm.PapermillExecutionError) as info:
+        chapters.execute(CH3, "toy-llava", out_dir=tmp_path / "runs", results_dir=tmp_path / "results")
+    err = info.value
+    assert err.ename == "SingleViewModelError"
+    assert "toy-llava" in err.evalue and "toy-internvl" in err.evalue and err.evalue.count(". ") == 0
+    cells = _nb(chapters.executed_path(tmp_path / "runs", CH3, "toy-llava"))["cells"]
+    failing = [
+        i for i, c in enumerate(cells) if any(o.get("output_type") == "error" for o in c.get("outputs", []))
+    ]
+    injected = next(
+        i for i, c in enumerate(cells) if "injected-parameters" in c.get("metadata", {}).get("tags", [])
+    )
+    first_code = next(i for i, c in enumerate(cells) if i > injected and c["cell_type"] == "code")
+    loading = next(i for i, c in enumerate(cells) if "load_model(" in _source(c))
+    assert failing == [first_code], "the check must fail in the validation cell right after the parameters"
+    assert "require_multi_view(" in _source(cells[first_code])
+    assert failing[0] < loading
+    assert all(c.get("execution_count") is None for c in cells[failing[0] + 1 :] if c["cell_type"] == "code")
+    assert not (tmp_path / "results").exists(), "nothing may be written for a model the chapter cannot run"
 
 
 # --------------------------------------------------------------------------- bad parameters stop early

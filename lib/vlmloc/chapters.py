@@ -133,6 +133,16 @@ CHAPTERS: tuple[Chapter, ...] = (
         experiment="ch02_containerization",
     ),
     Chapter(
+        "03_views",
+        "Global vs local views",
+        "Which InternVL view carries space?",
+        "view-wise ablation",
+        models=("toy-internvl",),
+        book_model="toy-internvl",
+        experiment="ch03_views",
+        families=("internvl",),
+    ),
+    Chapter(
         "04_position_decoding",
         "Position decoding",
         "Where is the 2-D grid rebuilt?",
@@ -158,7 +168,6 @@ CHAPTERS: tuple[Chapter, ...] = (
 
 #: The study's chapters still to write; an entry moves to :data:`CHAPTERS` with its notebook.
 PLANNED: tuple[Planned, ...] = (
-    Planned(3, "Global vs local views", "Which InternVL view carries space?", "view-wise ablation"),
     Planned(6, "Causal mediation", "Which heads carry the effect?", "activation patching, MF"),
     Planned(7, "Head ablation", "Does localization need recognition first?", "ablate top heads"),
 )

@@ -18,6 +18,8 @@ __all__ = [
     "POSITION_PROBES",
     "RESULTS",
     "SUMMARY_CONDITIONS",
+    "VIEWS_BY_SIZE",
+    "VIEWS_CONDITIONS",
     "conditions_of",
     "knockout_layers",
     "paper_numbers",
@@ -48,8 +50,31 @@ RESULTS: dict[str, dict[str, dict[str, float | None]]] = {
     INTERNVL_8B: {
         "baseline": {"loc": 72.64, "cls": 83.30},
         "object_tokens": {"loc": 11.27, "cls": 33.19},
-        "global_view_object_tokens": {"loc": 36.20, "cls": 73.80},
-        "local_view_object_tokens": {"loc": 62.93, "cls": 76.65},
+        "global_view_object_tokens": {"loc": 36.20, "cls": 73.80},  # Table 3: thumbnail only
+        "local_view_object_tokens": {"loc": 62.93, "cls": 76.65},  # Table 3: tiles only
+    },
+}
+
+#: Chapter 3's conditions -> the paper's (InternVL-3.5-8B): Table 3 for one view, Table 1's object
+#: tokens for both views; the random controls have no paper number.
+VIEWS_CONDITIONS: dict[str, str] = {
+    "baseline": "baseline",
+    "global": "global_view_object_tokens",
+    "local": "local_view_object_tokens",
+    "both": "object_tokens",
+}
+
+#: Table 3 by object size (InternVL-3.5-8B), as far as the paper gives it: a statement per size and
+#: view, and the one number it reports (large objects gain 6.5 points of Loc when their tile tokens
+#: are removed). ``d_loc``/``d_cls`` are changes from the baseline in points; ``None``: not reported.
+VIEWS_BY_SIZE: dict[str, dict[str, dict[str, object]]] = {
+    "small": {
+        "global": {"d_loc": None, "d_cls": None, "statement": "sensitive to the thumbnail"},
+        "local": {"d_loc": None, "d_cls": None, "statement": "sensitive to the tiles"},
+    },
+    "large": {
+        "global": {"d_loc": None, "d_cls": None, "statement": "Loc depends on the thumbnail"},
+        "local": {"d_loc": 6.5, "d_cls": None, "statement": "removing the tiles raises Loc"},
     },
 }
 

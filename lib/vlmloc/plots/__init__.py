@@ -4,3 +4,4 @@ from .common import *  # noqa: F403
 from .containers import *  # noqa: F403
 from .knockout import *  # noqa: F403
 from .position import *  # noqa: F403
+from .views import *  # noqa: F403
