@@ -36,14 +36,14 @@ import torch
 
 from ..adapter import VLM
 from ..data import Sample
-from ..evaluate import EditFor, run_condition, summarize
+from ..evaluate import EditFor, run_condition
 from ..families import TASKS
 from ..geometry import ImageLayout, View
 from ..interventions import random_indices, replace_with
 from ..paper import MODELS, RESULTS, VIEWS_BY_SIZE, VIEWS_CONDITIONS
 from ..params import ParameterError
 from ..store import ResultsStore
-from .base import sample_rng
+from .base import loc_cls, rate, sample_rng, with_change
 from .ch02_containerization import index_layout
 
 __all__ = [
@@ -255,10 +255,6 @@ def view_token_sets(layout: ImageLayout, mask: np.ndarray, seed: int, sample_id:
     }
 
 
-def _rate(x: float) -> float:
-    return round(float(x), 4)
-
-
 def _mean_key(mean: torch.Tensor) -> str:
     m = mean.float()
     return f"{m.numel()}:{float(m.norm()):.6g}:{float(m.sum()):.6g}"
@@ -347,13 +343,13 @@ class ViewAblation:
         """Loc and Cls with SE and n, overall and under ``by_size``, for a condition that has run."""
         loc_recs = self.records[(condition, "localization")]
         cls_recs = self.records[(condition, "classification")]
-        out = _loc_cls(loc_recs, cls_recs)
+        out = loc_cls({"localization": loc_recs, "classification": cls_recs})
         out["by_size"] = {}
         for c in SIZE_CLASSES:
             lr = [r for r in loc_recs if self.sizes[r["sample_id"]] == c]
             cr = [r for r in cls_recs if self.sizes[r["sample_id"]] == c]
             if lr and cr:
-                out["by_size"][c] = _loc_cls(lr, cr)
+                out["by_size"][c] = loc_cls({"localization": lr, "classification": cr})
         return out
 
     def baseline(self, progress: bool = True) -> dict:
@@ -376,7 +372,7 @@ class ViewAblation:
                     f"views-{name}", task, self.edit(name), progress, ablate=name, replacement="mean", mean=mk
                 )
             e = _with_change(self.entry(f"views-{name}"), base)
-            out[name] = {**e, "token_share": _rate(self.token_share(name))}
+            out[name] = {**e, "token_share": rate(self.token_share(name))}
         self.timings["ablation"] = self.timings.get("ablation", 0.0) + time.perf_counter() - t0
         return out
 
@@ -390,10 +386,10 @@ class ViewAblation:
             "ablation": dict(ablation),
             "sizes": {c: sum(v == c for v in self.sizes.values()) for c in SIZE_CLASSES},
             "tokens": {
-                "thumbnail_per_image": _rate(np.mean([v["n_global"] for v in sets])),
-                "tiles_per_image": _rate(np.mean([v["n_local"] for v in sets])),
-                "object_in_thumbnail": _rate(np.mean([len(v["global"]) for v in sets])),
-                "object_in_tiles": _rate(np.mean([len(v["local"]) for v in sets])),
+                "thumbnail_per_image": rate(np.mean([v["n_global"] for v in sets])),
+                "tiles_per_image": rate(np.mean([v["n_local"] for v in sets])),
+                "object_in_thumbnail": rate(np.mean([len(v["global"]) for v in sets])),
+                "object_in_tiles": rate(np.mean([len(v["local"]) for v in sets])),
             },
             "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
             **self.params.extra,
@@ -403,26 +399,10 @@ class ViewAblation:
         return self.summary(self.ablation(progress))
 
 
-def _loc_cls(loc_recs: Sequence[dict], cls_recs: Sequence[dict]) -> dict:
-    loc = summarize(loc_recs, "localization")
-    cls = summarize(cls_recs, "classification")
-    return {
-        "loc": _rate(loc["loc"]),
-        "loc_se": _rate(loc["loc_se"]),
-        "cls": _rate(cls["rate"]),
-        "cls_se": _rate(cls["se"]),
-        "n": int(loc["n"]),
-    }
-
-
 def _with_change(entry: dict, base: Mapping) -> dict:
-    out = {**entry, "d_loc": _rate(entry["loc"] - base["loc"]), "d_cls": _rate(entry["cls"] - base["cls"])}
+    out = with_change(entry, base)
     out["by_size"] = {
-        c: {
-            **e,
-            "d_loc": _rate(e["loc"] - base["by_size"][c]["loc"]),
-            "d_cls": _rate(e["cls"] - base["by_size"][c]["cls"]),
-        }
+        c: with_change(e, base["by_size"][c])
         for c, e in entry.get("by_size", {}).items()
         if c in base.get("by_size", {})
     }

@@ -31,13 +31,13 @@ from tqdm.auto import tqdm
 
 from ..adapter import VLM, Prefix
 from ..data import Sample
-from ..evaluate import InterventionsFor, PrefixFor, run_condition, summarize
+from ..evaluate import InterventionsFor, PrefixFor, run_condition
 from ..families import TASKS
 from ..geometry import ImageLayout
 from ..interventions import AttentionKnockout, layer_windows, random_indices
 from ..paper import KNOCKOUT_LAYERS, MODELS, N_LAYERS, knockout_layers
 from ..store import ResultsStore
-from .base import sample_rng
+from .base import loc_cls, rate, sample_rng, with_change
 from .ch02_containerization import index_layout
 
 __all__ = [
@@ -97,10 +97,6 @@ class KnockoutParams:
     max_new_tokens: int = 24
     reuse_prefix: bool = True  # run the image prefix once per batch for all conditions (exact)
     extra: dict = field(default_factory=dict)  # copied into the summary
-
-
-def _rate(x: float) -> float:
-    return round(float(x), 4)
 
 
 def _se(*ses: float) -> float:
@@ -212,16 +208,7 @@ class Knockout:
 
     # --- experiments ---------------------------------------------------------------------------
     def _loc_cls(self, condition: str) -> dict:
-        loc = summarize(self.records[(condition, "localization")], "localization")
-        cls = summarize(self.records[(condition, "classification")], "classification")
-        return {
-            "loc": _rate(loc["loc"]),
-            "loc_se": _rate(loc["loc_se"]),
-            "cls": _rate(cls["rate"]),
-            "cls_se": _rate(cls["se"]),
-            "n": int(loc["n"]),
-            "unparsable": int(loc["unparsable"]),
-        }
+        return loc_cls({task: self.records[(condition, task)] for task in TASKS})
 
     def baseline(self, progress: bool = True) -> dict:
         t0 = time.perf_counter()
@@ -262,12 +249,7 @@ class Knockout:
             for task in TASKS:  # every record is there now: this only reads them back
                 build = self.interventions_for(name, layers)
                 self.run(f"ko-{name}-{label}", task, build, False, block=name, layers=layers)
-            e = self._loc_cls(f"ko-{name}-{label}")
-            out.setdefault(name, {})[label] = {
-                **e,
-                "d_loc": _rate(e["loc"] - base["loc"]),
-                "d_cls": _rate(e["cls"] - base["cls"]),
-            }
+            out.setdefault(name, {})[label] = with_change(self._loc_cls(f"ko-{name}-{label}"), base)
         self.timings["knockout"] = time.perf_counter() - t0
         return out
 
@@ -287,7 +269,7 @@ class Knockout:
             "window": self.params.window,
             "stride": self.params.stride,
             "windows": list(self.layer_sets()),
-            "token_share": {n: _rate(self.token_share(n)) for n in TOKEN_SETS},
+            "token_share": {n: rate(self.token_share(n)) for n in TOKEN_SETS},
             "baseline": self._loc_cls("baseline"),
             "knockout": dict(knockout),
             "paper": {
@@ -343,7 +325,7 @@ def most_harmful(summary: Mapping, task: str) -> dict:
     return {
         "window": best,
         "score": obj[k],
-        "drop": _rate(base[k] - obj[k]),
+        "drop": rate(base[k] - obj[k]),
         "random": rnd[k],
         "beyond_random": bool(rnd[k] - obj[k] > 2 * _se(obj[f"{k}_se"], rnd[f"{k}_se"])),
         "in_paper_range": _inside(best, summary["paper"]["layers"]),
