@@ -29,10 +29,10 @@ LINT_PATHS := lib tests scripts
 .PHONY: help venv test chapters book-html book check-book lint clean
 
 help:
-	@echo "make venv        create .venv (python3.11) and install .[book,dev] + $(LAMA) --no-deps"
+	@echo "make venv        create .venv (python3.11) and install .[book,dev] -c constraints.txt + $(LAMA) --no-deps"
 	@echo "make test        HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q"
 	@echo "make chapters    execute notebooks/*.ipynb into build/runs/<model>/"
-	@echo "make book-html   stage the executed toy-llava chapters and build $(BOOK_HTML)"
+	@echo "make book-html   stage each chapter's executed book copy (toy-llava; chapter 3: toy-internvl) and build $(BOOK_HTML)"
 	@echo "make book        venv + chapters + book-html"
 	@echo "make check-book  screenshot and check every page of the built book"
 	@echo "make lint        ruff check + ruff format --check on $(LINT_PATHS)"
@@ -40,9 +40,10 @@ help:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# constraints.txt is the lock: the exact versions CI runs (pyproject.toml only states ranges).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -e ".[book,dev]"
+	$(BIN)/pip install -c constraints.txt -e ".[book,dev]"
 	$(BIN)/pip install --no-deps $(LAMA)
 	touch $@
 

@@ -8,6 +8,8 @@ For every page named in ``_toc.yml`` this script
     ``$$`` or ``\\begin{`` outside math, escaped HTML tags, raw Markdown links or bold;
   - Python tracebacks, error outputs and papermill's "An Exception was encountered" banner;
   - local images or internal links that point at missing files;
+  - chapters that ``_toc.yml`` lists but the registry (``vlmloc.chapters.CHAPTERS``) does not, or
+    the other way round;
   - on chapter pages (``notebooks/*``): no figure among the notebook outputs, a missing or wrong
     Colab launch link, or no source notebook for that link to open.
 
@@ -242,6 +244,14 @@ def screenshot(page: Page, chromium: str, out_dir: Path, profile: Path) -> None:
             page.problems.append(f"screenshot is blank (grey level std {stat.stddev[0]:.2f}): {out}")
 
 
+def registry_problems(toc_path: Path) -> list[str]:
+    """Where ``_toc.yml`` and ``notebooks/`` disagree with the chapter registry (``vlmloc.chapters``)."""
+    sys.path.insert(0, str(ROOT / "lib"))
+    from vlmloc.chapters import toc_problems
+
+    return toc_problems(toc_path.resolve().parent)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Reader-style check of the built Jupyter Book.")
     parser.add_argument("--html", type=Path, default=DEFAULT_HTML, help="built HTML folder")
@@ -254,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.html / "index.html").is_file():
         print(f"FAIL: {args.html / 'index.html'} does not exist; run `make book-html` first.")
         return 1
+    registry = registry_problems(args.toc)
+    for problem in registry:
+        print(f"FAIL: {problem}")
 
     pages = [Page(name, args.html / f"{name}.html") for name in toc_docnames(args.toc)]
     chromium = None
@@ -287,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         failed += bool(page.problems)
 
     print(f"\n{len(pages) - failed}/{len(pages)} pages passed.", end=" ")
-    print("Book check FAILED." if failed else "Book check passed.")
-    return 1 if failed else 0
+    print("Book check FAILED." if failed or registry else "Book check passed.")
+    return 1 if failed or registry else 0
 
 
 if __name__ == "__main__":

@@ -2,14 +2,16 @@
 
 The map follows the study from coarse to fine: which tokens carry localization,
 which InternVL view, where the 2-D grid is rebuilt, then which layers and heads.
-Chapters that exist are drawn solid; planned ones are drawn dashed and grey.
+Chapters that exist (the registry, ``vlmloc.chapters.CHAPTERS``) are drawn solid; planned ones
+(``vlmloc.chapters.PLANNED``) are drawn dashed and grey.
 
-Run: ``.venv/bin/python scripts/make_chapter_map.py`` (the PNG is committed).
+Run: ``PYTHONPATH=lib .venv/bin/python scripts/make_chapter_map.py`` (the PNG is committed).
 """
 
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -18,27 +20,33 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 from PIL import Image  # noqa: E402
+from vlmloc.chapters import CHAPTERS as REGISTRY  # noqa: E402
+from vlmloc.chapters import PLANNED as PLANNED_CHAPTERS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "book" / "_static" / "chapter_map.png"
 
-# (number, title, question, tools, available)
-CHAPTERS = [
-    (
-        1,
-        "Data and baselines",
-        "Can the model classify\nand localize at all?",
-        "COCO, IoU, LaMa controls",
-        True,
-    ),
-    (2, "Containerization", "Which tokens carry\nthe box?", "ablation, padding, shuffle", True),
-    (3, "Global vs local views", "Which InternVL view\ncarries space?", "view-wise ablation", False),
-    (4, "Position decoding", "Where is the 2-D grid\nrebuilt?", "linear probes per layer", False),
-    (5, "Attention knockout", "Which layers read the\nobject tokens?", "attention knockout", False),
-    (6, "Causal mediation", "Which heads carry\nthe effect?", "activation patching, MF", False),
-    (7, "Head ablation", "Does localization need\nrecognition first?", "ablate top heads", False),
-    (8, "Results across models", "Toy vs LLaVA vs InternVL,\nbeside the paper", "summary tables", True),
-]
+
+def _balanced(text: str, width: int = 25) -> str:
+    """``text`` on as few lines as ``width`` allows, the lines as even as possible (no orphan word)."""
+    n = len(textwrap.wrap(text, width))
+    narrowest = min(w for w in range(1, width + 1) if len(textwrap.wrap(text, w)) == n)
+    return "\n".join(textwrap.wrap(text, narrowest))
+
+
+def chapter_boxes() -> list[tuple[int, str, str, str, bool]]:
+    """(number, title, question, tools, available) of every box, from the chapter registry.
+
+    Numbered chapters and planned ones interleave by number; unnumbered pages (the results
+    page) follow them.
+    """
+    boxes = [(c.number, c.title, c.question, c.tools, True) for c in REGISTRY if c.number is not None]
+    boxes += [(p.number, p.title, p.question, p.tools, False) for p in PLANNED_CHAPTERS]
+    boxes.sort()
+    pages = [c for c in REGISTRY if c.number is None]
+    boxes += [(len(boxes) + i, c.title, c.question, c.tools, True) for i, c in enumerate(pages, 1)]
+    return [(n, t, _balanced(q), tools, ok) for n, t, q, tools, ok in boxes]
+
 
 STAGES = [
     (0, 1, "Which tokens?"),
@@ -54,7 +62,8 @@ PLANNED = {"face": "#f3f4f6", "edge": "#9ca3af", "text": "#6b7280", "style": "da
 def draw(out: Path, available: set[int] | None = None, dpi: int = 110) -> Path:
     """Draw the map; ``available`` overrides which chapter numbers are marked as done."""
     chapters = [
-        (n, t, q, tools, (n in available) if available is not None else ok) for n, t, q, tools, ok in CHAPTERS
+        (n, t, q, tools, (n in available) if available is not None else ok)
+        for n, t, q, tools, ok in chapter_boxes()
     ]
     ncol = 4
     box_w, box_h, gap_x, gap_y = 2.6, 1.55, 0.45, 0.85

@@ -28,6 +28,7 @@ def test_good_parameters_pass(coco, tmp_path):
         "annotations": coco[0],
         "images": coco[1],
         "results_dir": str(tmp_path),
+        "progress": False,
         "some_chapter_knob": object(),  # unknown keys are ignored
     }
     assert validate_params(good, KNOWN) is None
@@ -54,6 +55,8 @@ def test_good_parameters_pass(coco, tmp_path):
         ({"dtype": "fp16"}, "dtype"),
         ({"results_dir": 3}, "results_dir"),
         ({"results_dir": ""}, "results_dir"),
+        ({"progress": "yes"}, "progress"),
+        ({"progress": 1}, "progress"),
     ],
 )
 def test_bad_parameter_is_named(params, name):

@@ -141,3 +141,43 @@ def test_summary_round_trip(tmp_path):
 def test_missing_summary_says_which_chapter_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the 'attention_knockout' chapter first"):
         read_summary(tmp_path, "toy-llava", "attention_knockout")
+
+
+# --------------------------------------------------------------------------- runtime over resumed runs
+
+
+def test_runtime_adds_up_every_run_and_survives_an_interrupt(tmp_path, monkeypatch):
+    import time as _time
+
+    from vlmloc import store as st
+
+    clock = iter(range(0, 10_000, 10))  # perf_counter: 0, 10, 20, ... seconds
+    monkeypatch.setattr(st.time, "perf_counter", lambda: float(next(clock)))
+    store = ResultsStore(tmp_path, "toy-llava", "02_containerization")
+    first = store.runtime(CONFIG)
+    with first.timed("ablation"):
+        pass  # 10 s
+    with pytest.raises(KeyboardInterrupt), first.timed("padding"):
+        raise KeyboardInterrupt  # an interrupted stage still counts its 10 s
+    assert json.loads(first.path.read_text())["runs"][first.run] == {"ablation": 10, "padding": 10}
+
+    resumed = store.runtime(CONFIG)  # a new run (a new kernel) of the same configuration
+    with resumed.timed("padding"):
+        pass
+    resumed.start("whole chapter")  # still open: counts until now
+    totals = resumed.totals()
+    assert totals["ablation"] == 10 and totals["padding"] == 20 and totals["whole chapter"] == 10
+    assert resumed.n_runs() == 2
+    assert store.runtime({**CONFIG, "padding": 2}).totals() == {}  # another configuration starts afresh
+    monkeypatch.setattr(st.time, "perf_counter", _time.perf_counter)
+
+
+def test_runtime_heartbeat_writes_while_a_stage_runs(tmp_path):
+    import time as _time
+
+    rt = ResultsStore(tmp_path, "toy-llava", "x").runtime(CONFIG, heartbeat=0.05)
+    rt.start("slow")
+    _time.sleep(0.3)
+    on_disk = json.loads(rt.path.read_text())["runs"][rt.run]["slow"]  # a kill now would keep this
+    assert on_disk > 0.1
+    assert rt.stop("slow") >= on_disk

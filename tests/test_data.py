@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
-from vlmloc.data import DataError, Sample, load_coco, resolve_data
+from vlmloc.data import DataError, Sample, check_images, load_coco, resolve_data
 
 CATS = ["cat", "dog", "bird", "horse", "sheep", "cow"]
 
@@ -181,6 +181,38 @@ def test_missing_image_file(handmade):
     (images / "a.png").unlink()
     with pytest.raises(DataError, match="a.png listed in the annotations does not exist"):
         s.load_image()
+
+
+def test_malformed_entry_is_a_data_error(handmade):
+    ann, images = handmade
+    raw = json.loads(ann.read_text())
+    del raw["annotations"][0]["bbox"]
+    ann.write_text(json.dumps(raw))
+    with pytest.raises(
+        DataError, match=r"not a COCO instances file: an entry is malformed \(KeyError: 'bbox'\)"
+    ):
+        load_coco(ann, images)
+
+
+def test_check_images_opens_each_chosen_image_once(handmade):
+    ann, images = handmade
+    samples = load_coco(ann, images)
+    assert check_images(samples) == 2  # three objects, two images
+    (images / "a.png").unlink()
+    (images / "b.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"^2 of the 2 images chosen cannot be used: ") as info:
+        check_images(samples)
+    assert "a.png (missing)" in str(info.value) and "b.png (not a readable image" in str(info.value)
+    assert check_images([s for s in samples if s.image_id == 3]) == 0  # nothing chosen, nothing to open
+
+
+def test_check_images_catches_a_size_that_disagrees_with_the_annotations(handmade):
+    ann, images = handmade
+    Image.new("RGB", (60, 40)).save(images / "b.png")
+    with pytest.raises(
+        DataError, match=r"b.png \(is 60x40, the annotations say 50x40\); pass the images folder"
+    ):
+        check_images(load_coco(ann, images))
 
 
 def test_resolve_data_needs_both_or_neither(tmp_path):

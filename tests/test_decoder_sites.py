@@ -289,7 +289,7 @@ def test_batched_sweep_equals_one_head_per_forward(request, name):
     fast = head_patch_scores(vlm, src, base, answer, "localization", batch_size=32)
     slow = head_patch_scores(vlm, src, base, answer, "localization", batch_size=1, reuse_prefix=False)
     assert len(fast.heads) == vlm.n_layers * vlm.n_heads
-    assert _close(fast.patched.logprob, slow.patched.logprob, 1e-5)
+    assert _close(fast.patched.token_logprobs, slow.patched.token_logprobs, 1e-5)
     assert (fast.patched.logprob - fast.base.logprob).abs().max() > 1e-4, "some head must matter"
 
 

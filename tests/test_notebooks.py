@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from vlmloc import chapters
+from vlmloc import chapters, paper
 from vlmloc.store import model_dirname, read_summary, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 CH1 = "01_data_and_baselines"
-CH6 = "06_mediation"
-CH7 = "07_head_ablation"
+CH4 = "04_position_decoding"
+CH3 = "03_views"
 SMALL = 24  # objects per chapter run in the tests
 
 
@@ -89,104 +89,105 @@ def test_chapter1_runs_on_toy_internvl_from_the_command_line(tmp_path):
     _check_chapter1(out, tmp_path / "results", "toy-internvl")
 
 
-# --------------------------------------------------------------------------- chapter 6 end to end
-
-
-def _check_chapter6(out_nb: Path, results: Path, model_id: str, n_pairs: int) -> None:
-    summary = read_summary(results, model_id, CH6)
-    n_layers, n_heads = summary["n_layers"], summary["n_heads"]
-    for task in ("classification", "localization"):
-        mf = summary["mf"][task]
-        assert len(mf) == n_layers and all(len(row) == n_heads for row in mf)
-        top = summary["top10"][task]
-        assert len(top) == 10 and all(0 <= la < n_layers and 0 <= h < n_heads for la, h in top)
-        best = max(v for row in mf for v in row)
-        assert mf[top[0][0]][top[0][1]] == best
-        counts = summary["n_pairs"][task]
-        assert counts["used"] + counts["dropped"] == n_pairs and counts["used"] > 0
-        assert -1.0 <= summary["attribution"][task]["spearman"] <= 1.0
-        assert 0 <= summary["attribution"][task]["top10_overlap"] <= 10
-        assert summary["null"][task]["loop_exact"]
-    assert summary["overlap"] == len(summary["overlap_heads"]) <= 10
-    assert summary["seconds"]["exact"] > 0 and summary["seconds"]["attribution"] > 0
-    nb = _nb(out_nb)
-    images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) >= 5, "pairs, MF maps, sparsity, controls and attribution figures"
-    text = _outputs_text(nb)
-    assert text.count("Finding.") >= 5 and "paper" in text
+# --------------------------------------------------------------------------- chapter 4 end to end
 
 
 @pytest.mark.notebooks
 @pytest.mark.parametrize("model_id", ["toy-llava", "toy-internvl"])
-def test_chapter6_builds_its_pairs_and_runs(model_id, tmp_path):
-    """On a clean results folder chapter 6 builds chapter 1's control set itself, then sweeps."""
-    results = tmp_path / "results"
+def test_chapter4_runs_on_both_toys(model_id, tmp_path):
     out = chapters.execute(
-        CH6, model_id, out_dir=tmp_path / "runs", results_dir=results,
-        n_samples=SMALL, n_pairs=6, n_control_pairs=2,
+        CH4, model_id, out_dir=tmp_path / "runs", results_dir=tmp_path / "results",
+        n_train=24, n_test=12, epochs=2, progress=False,
     )  # fmt: skip
-    assert (results / model_dirname(model_id) / "control_set" / "pairs.json").is_file()
-    _check_chapter6(out, results, model_id, 6)
-
-
-@pytest.mark.notebooks
-@pytest.mark.parametrize("model_id", ["toy-llava", "toy-internvl"])
-def test_chapter7_reads_chapter6_and_runs(model_id, tmp_path):
-    results = tmp_path / "results"
-    chapters.execute(
-        CH6,
-        model_id,
-        out_dir=tmp_path / "runs",
-        results_dir=results,
-        n_samples=SMALL,
-        n_pairs=4,
-        n_control_pairs=0,
-    )
-    out = chapters.execute(
-        CH7, model_id, out_dir=tmp_path / "runs", results_dir=results,
-        n_samples=8, ks=[1, 5], n_draws=2, verdict_k=5,
-    )  # fmt: skip
-    s = read_summary(results, model_id, CH7)
-    ch6 = read_summary(results, model_id, CH6)
-    assert s["ablation"]["classification_heads"]["1"]["heads"] == ch6["top10"]["classification"][:1]
-    for hs in ("classification_heads", "localization_heads", "random"):
-        for k in ("1", "5"):
-            e = s["ablation"][hs][k]
-            assert 0 <= e["loc"] <= 100 and 0 <= e["cls"] <= 100 and e["n"] == 8
-    assert len(s["draws"]["5"]) == 2
-    assert isinstance(s["verdict"]["recognition_then_localization"], bool)
+    s = read_summary(tmp_path / "results", model_id, CH4)
+    assert s["model_id"] == model_id and s["n_train"] == 24 and s["n_test"] == 12 and s["streamed"]
+    stages = [x["stage"] for x in s["sites"]]
+    assert stages == sorted(stages, key=["tower", "projector", "llm"].index), "sites in path order"
+    assert stages.count("projector") == 1 and stages.count("llm") == 9 and stages.count("tower") == 4
+    for x in s["sites"]:
+        assert {"stage", "layer", "row_acc", "col_acc", "cell_acc"} <= set(x)
+        assert 0 <= x["cell_acc"] <= min(x["row_acc"], x["col_acc"]) <= 100
+    assert set(s["chance"]) == {"row", "col", "cell"}
+    assert set(s["corners"]) == {"projector", "best_llm"}
+    assert s["paper_peak"]["layer"] in (12, 7)
     nb = _nb(out)
-    assert any("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+    images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 2, "the path plot and the per-cell heatmaps"
     assert _outputs_text(nb).count("Finding.") >= 3
 
 
 @pytest.mark.notebooks
-def test_chapter7_without_chapter6_names_the_command(tmp_path):
+def test_chapter4_stops_on_bad_probe_parameters(tmp_path):
     import papermill as pm
+    import vlmloc
 
-    with pytest.raises(pm.PapermillExecutionError) as info:
-        chapters.execute(CH7, "toy-llava", out_dir=tmp_path / "runs", results_dir=tmp_path / "results")
-    assert info.value.ename == "FileNotFoundError"
-    assert "--chapters 01_data_and_baselines 06_mediation --models toy-llava" in info.value.evalue
+    ann, img = vlmloc.resolve_data(None, None)
+    cases = [
+        ({"n_train": 600, "n_test": 10, "annotations": str(ann), "images": str(img)}, "lists 500 that exist"),
+        ({"epochs": 0}, "epochs must be a positive integer"),
+    ]
+    for params, sentence in cases:
+        with pytest.raises(pm.PapermillExecutionError) as info:
+            chapters.execute(
+                CH4, "toy-llava", out_dir=tmp_path / "runs", results_dir=tmp_path / "results", **params
+            )
+        assert info.value.ename == "ParameterError" and sentence in info.value.evalue
+    assert not (tmp_path / "results").exists()
+
+
+# --------------------------------------------------------------------------- chapter 3 (InternVL's views)
 
 
 @pytest.mark.notebooks
-def test_chapter6_without_a_control_set_names_the_command(tmp_path):
+def test_chapter3_runs_on_toy_internvl(tmp_path):
+    results = tmp_path / "results"
+    out = chapters.execute(
+        CH3, "toy-internvl", out_dir=tmp_path / "runs", results_dir=results, n_samples=SMALL
+    )
+    summary = read_summary(results, "toy-internvl", CH3)
+    assert summary["model_id"] == "toy-internvl" and summary["n_samples"] == SMALL
+    assert set(summary["ablation"]) == {"global", "local", "both", "random_global", "random_local"}
+    for entry in [summary["baseline"], *summary["ablation"].values()]:
+        assert entry["n"] == SMALL and 0.0 <= entry["loc"] <= 100.0 and 0.0 <= entry["cls"] <= 100.0
+        assert {"loc_se", "cls_se"} <= set(entry)
+        assert set(entry["by_size"]) == {"small", "medium", "large"}
+        assert sum(e["n"] for e in entry["by_size"].values()) == SMALL
+        for e in entry["by_size"].values():
+            assert {"loc", "cls", "loc_se", "cls_se", "n"} <= set(e)
+    assert summary["selection"]["drawn"] == {"small": 8, "medium": 8, "large": 8}  # stratified
+    assert all(summary["selection"]["multi_view"][c] >= 8 for c in ("small", "medium", "large"))
+    nb = _nb(out)
+    images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 2, "the chapter should show the bars by size and the example's views"
+    text = _outputs_text(nb)
+    views = paper.RESULTS[paper.INTERNVL_8B]
+    assert "Finding." in text and f"{views['baseline']['loc']:.2f}" in text
+    assert f"{views['global_view_object_tokens']['loc']:.2f}" in text  # the paper's Table 3 beside ours
+
+
+@pytest.mark.notebooks
+def test_chapter3_stops_on_a_single_view_model_before_loading_it(tmp_path):
     import papermill as pm
 
     with pytest.raises(pm.PapermillExecutionError) as info:
-        chapters.execute(
-            CH6,
-            "toy-llava",
-            out_dir=tmp_path / "runs",
-            results_dir=tmp_path / "results",
-            build_control_set=False,
-        )
-    assert info.value.ename == "FileNotFoundError"
-    assert (
-        "python -m vlmloc.chapters run --chapters 01_data_and_baselines --models toy-llava"
-        in info.value.evalue
+        chapters.execute(CH3, "toy-llava", out_dir=tmp_path / "runs", results_dir=tmp_path / "results")
+    err = info.value
+    assert err.ename == "SingleViewModelError"
+    assert "toy-llava" in err.evalue and "toy-internvl" in err.evalue and err.evalue.count(". ") == 0
+    cells = _nb(chapters.executed_path(tmp_path / "runs", CH3, "toy-llava"))["cells"]
+    failing = [
+        i for i, c in enumerate(cells) if any(o.get("output_type") == "error" for o in c.get("outputs", []))
+    ]
+    injected = next(
+        i for i, c in enumerate(cells) if "injected-parameters" in c.get("metadata", {}).get("tags", [])
     )
+    first_code = next(i for i, c in enumerate(cells) if i > injected and c["cell_type"] == "code")
+    loading = next(i for i, c in enumerate(cells) if "load_model(" in _source(c))
+    assert failing == [first_code], "the check must fail in the validation cell right after the parameters"
+    assert "require_multi_view(" in _source(cells[first_code])
+    assert failing[0] < loading
+    assert all(c.get("execution_count") is None for c in cells[failing[0] + 1 :] if c["cell_type"] == "code")
+    assert not (tmp_path / "results").exists(), "nothing may be written for a model the chapter cannot run"
 
 
 # --------------------------------------------------------------------------- bad parameters stop early
@@ -215,16 +216,91 @@ def test_bad_parameter_stops_before_the_model_loads(case, tmp_path):
     assert sentence in err.evalue and sentence in str(err)
     assert err.evalue.count(". ") <= 1, f"one clear sentence, got: {err.evalue}"
 
-    nb = _nb(chapters.executed_path(tmp_path / "runs", CH1, model_id))
+    _assert_stopped_before_the_model(tmp_path, CH1, model_id)
+
+
+def _assert_stopped_before_the_model(tmp_path: Path, chapter: str, model_id: str) -> None:
+    """The failing cell comes before the model-loading cell, which never ran, and nothing was written."""
+    nb = _nb(chapters.executed_path(tmp_path / "runs", chapter, model_id))
     cells = nb["cells"]
     failing = [
         i for i, c in enumerate(cells) if any(o.get("output_type") == "error" for o in c.get("outputs", []))
     ]
     loading = [i for i, c in enumerate(cells) if "load_model(" in _source(c)]
     assert failing and loading
-    assert failing[0] < loading[0], "the parameter check must fail before the model-loading cell"
+    assert failing[0] < loading[0], "the check must fail before the model-loading cell"
+    assert "validate_params(" in _source(cells[failing[0]]), (
+        "the validation cell should be the one that raised"
+    )
     assert all(c.get("execution_count") is None for c in cells[loading[0] :] if c["cell_type"] == "code")
-    assert not (tmp_path / "results").exists(), "nothing may be written before the parameters are checked"
+    assert not (tmp_path / "results").exists(), "nothing may be written before the inputs are checked"
+
+
+# --------------------------------------------------------------------------- bad data stops early too
+
+
+def _bad_data(case: str, synthetic_coco, tmp_path: Path) -> tuple[Path, Path]:
+    ann, images = synthetic_coco
+    if case == "malformed annotations":
+        bad = tmp_path / "instances.json"
+        bad.write_text('{"images": [')
+        return bad, images
+    if case == "no usable object":  # every object gets a twin of its class: no query names one object
+        raw = json.loads(ann.read_text())
+        top = max(a["id"] for a in raw["annotations"])
+        raw["annotations"] += [{**a, "id": top + 1 + i} for i, a in enumerate(raw["annotations"])]
+        bad = tmp_path / "instances.json"
+        bad.write_text(json.dumps(raw))
+        return bad, images
+    if case == "images folder without the images":
+        empty = tmp_path / "val2017"
+        empty.mkdir()
+        return ann, empty
+    raise ValueError(case)
+
+
+BAD_DATA = {
+    "malformed annotations": "is not valid JSON",
+    "no usable object": "passes the filter (single instance of its class, area >= 1%)",
+    "images folder without the images": "images chosen cannot be used:",
+}
+#: (chapter, case, n_samples): chapter 1 meets every bad input; chapter 2 runs the same loader and
+#: image check (shown once) plus its own: no image left for the mean visual embedding.
+BAD_DATA_RUNS = [(CH1, case, 4) for case in BAD_DATA] + [
+    ("02_containerization", "images folder without the images", 4),
+    ("02_containerization", "every image evaluated", 100),
+]
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize(
+    ("chapter", "case", "n"), BAD_DATA_RUNS, ids=[f"{c[:2]}-{k}" for c, k, _ in BAD_DATA_RUNS]
+)
+def test_bad_data_stops_before_the_model_loads(chapter, case, n, synthetic_coco, tmp_path):
+    import papermill as pm
+
+    if case == "every image evaluated":  # 12 scenes, 100 objects asked for: no reference image is left
+        (annotations, images), sentence = synthetic_coco, "none is left for the mean visual embedding"
+    else:
+        (annotations, images), sentence = _bad_data(case, synthetic_coco, tmp_path), BAD_DATA[case]
+    with pytest.raises(pm.PapermillExecutionError) as info:
+        chapters.execute(
+            chapter, "toy-llava", out_dir=tmp_path / "runs", results_dir=tmp_path / "results",
+            annotations=str(annotations), images=str(images), n_samples=n,
+        )  # fmt: skip
+    assert info.value.ename == "DataError"
+    assert sentence in info.value.evalue
+    _assert_stopped_before_the_model(tmp_path, chapter, "toy-llava")
+    meta = _nb(chapters.executed_path(tmp_path / "runs", chapter, "toy-llava"))["metadata"]["papermill"]
+    assert meta["parameters"]["progress"] is False  # the runner turns progress bars off
+
+
+def test_progress_is_a_parameter_of_every_chapter_and_on_by_default():
+    """A person running a notebook gets progress bars; chapters.execute (the book) passes progress=False."""
+    import papermill as pm
+
+    for name in (CH1, "02_containerization"):
+        assert pm.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))["progress"]["default"] == "True"
 
 
 # --------------------------------------------------------------------------- the summary page
@@ -256,90 +332,3 @@ def test_summary_renders_without_chapter2_results(tmp_path):
     assert "No results of chapter 2" in text
     assert "toy-llava" in text and "LLaVA-1.5-7B" in text
     assert any("image/png" in o.get("data", {}) for c in _nb(out)["cells"] for o in c.get("outputs", []))
-
-
-# --------------------------------------------------------------------------- the runner itself (fast)
-
-
-def test_plan_runs_every_chapter_on_its_models_summary_last():
-    runs = chapters.plan()
-    assert runs == [
-        (CH1, "toy-llava"),
-        (CH1, "toy-internvl"),
-        ("02_containerization", "toy-llava"),
-        ("02_containerization", "toy-internvl"),
-        (CH6, "toy-llava"),
-        (CH6, "toy-internvl"),
-        (CH7, "toy-llava"),
-        (CH7, "toy-internvl"),
-        ("summary", "toy-llava"),
-    ]
-    assert chapters.plan(models=["x"]) == [
-        (CH1, "x"),
-        ("02_containerization", "x"),
-        (CH6, "x"),
-        (CH7, "x"),
-        ("summary", "toy-llava"),
-    ]
-    assert chapters.plan(chapters=["summary"]) == [("summary", "toy-llava")]
-    with pytest.raises(ValueError, match="unknown chapter"):
-        chapters.plan(chapters=["03_nope"])
-
-
-def test_every_planned_chapter_has_a_source_notebook_in_the_toc():
-    toc = (ROOT / "_toc.yml").read_text()
-    for name, _ in chapters.CHAPTERS:
-        assert f"notebooks/{name}" in toc, f"{name} is run but not in _toc.yml"
-
-
-def test_repo_root_is_found_from_the_package_and_from_a_subfolder():
-    assert chapters.repo_root() == ROOT
-    assert chapters.repo_root(ROOT / "lib" / "vlmloc") == ROOT
-    with pytest.raises(FileNotFoundError, match="_toc.yml"):
-        chapters.repo_root("/")
-
-
-def _fake_run(runs: Path, chapter: str, model: str = "toy-llava", failed: bool = False) -> Path:
-    path = chapters.executed_path(runs, chapter, model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"papermill": {"exception": failed, "parameters": {"model_id": model}}}
-    path.write_text(json.dumps({"cells": [], "metadata": meta, "nbformat": 4, "nbformat_minor": 5}))
-    return path
-
-
-def test_stage_fails_naming_the_missing_run_and_copies_nothing(tmp_path):
-    runs, book = tmp_path / "runs", tmp_path / "book" / "notebooks"
-    _fake_run(runs, "summary")
-    with pytest.raises(chapters.StageError) as info:
-        chapters.stage(runs, book, root=tmp_path)
-    msg = str(info.value)
-    assert f"missing run: {CH1} on toy-llava" in msg
-    assert "missing run: summary" not in msg
-    missing = " ".join(name for name, _ in chapters.CHAPTERS if name != "summary")
-    assert f"python -m vlmloc.chapters run --chapters {missing} --models toy-llava" in msg
-    assert not book.exists() or not any(book.iterdir()), "a partial book must not be staged"
-
-
-def test_stage_refuses_a_failed_run(tmp_path):
-    runs, book = tmp_path / "runs", tmp_path / "book"
-    for name, _ in chapters.CHAPTERS:
-        _fake_run(runs, name, failed=name == "summary")
-    with pytest.raises(chapters.StageError, match="failed run: summary on toy-llava"):
-        chapters.stage(runs, book, root=tmp_path)
-
-
-def test_stage_copies_every_chapter_of_the_default_model(tmp_path):
-    runs, book = tmp_path / "runs", tmp_path / "book"
-    for name, _ in chapters.CHAPTERS:
-        _fake_run(runs, name)
-        _fake_run(runs, name, model="toy-internvl", failed=True)  # other models are not staged
-    staged = chapters.stage(runs, book, root=tmp_path)
-    assert [p.name for p in staged] == [f"{n}.ipynb" for n, _ in chapters.CHAPTERS]
-    assert all((book / p.name).is_file() for p in staged)
-
-
-def test_stage_cli_exits_1_with_the_message(tmp_path, capsys):
-    rc = chapters.main(["stage", "--runs-dir", str(tmp_path / "runs"), "--book-dir", str(tmp_path / "book")])
-    assert rc == 1
-    err = capsys.readouterr().err
-    assert f"missing run: {CH1} on toy-llava" in err

@@ -15,7 +15,7 @@ with _warnings.catch_warnings():
     import tqdm.auto  # noqa: F401
 
 from .adapter import VLM, load_model
-from .data import DataError, Sample, load_coco, resolve_data
+from .data import DataError, Sample, check_images, load_coco, resolve_data
 from .registry import ModelSpec, UnknownModelError, get_spec, model_ids, register
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "ModelSpec",
     "Sample",
     "UnknownModelError",
+    "check_images",
     "get_spec",
     "load_coco",
     "load_model",

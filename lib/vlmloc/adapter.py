@@ -14,10 +14,12 @@ each applied at the prefill only or at every generation step. ``vlm.model`` is t
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from .interventions.base import Intervention, StepInfo, run_hooks
 from .interventions.hidden import HiddenStates
 from .interventions.tokens import InputEdit
 from .metrics import Box
+from .processor_check import check_geometry, llava_image_processor
 from .registry import ModelSpec, get_spec, weights_fingerprint
 from .scoring import AnswerScores, answer_scores, position_ids, scored_answer, teacher_forced_inputs
 from .sites import SiteMap
@@ -40,6 +43,17 @@ log = logging.getLogger("vlmloc")
 _KEEP_TAGS = ("<ref>", "</ref>", "<box>", "</box>")
 
 EmbedEdit = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """The KV cache of the first ``length`` positions of every row of one encoded batch
+    (:meth:`VLM.prefix`): the vision tower and the image span run once, and :meth:`VLM.generate`
+    starts from a copy of it. Exact only for interventions that change nothing before ``length``
+    (a knockout whose queries start after the image span does not)."""
+
+    length: int
+    cache: Any
 
 
 def resolve_device(device: str) -> str:
@@ -178,6 +192,18 @@ class VLM:
     def _kinds(edit: EmbedEdit | None, interventions: Sequence[Intervention]) -> list[Intervention]:
         return ([InputEdit(edit)] if edit is not None else []) + list(interventions)
 
+    def prefix(self, enc: Any, length: int) -> Prefix:
+        """The KV cache of the first ``length`` positions of ``enc`` (e.g. up to the end of the
+        image span, ``min`` over rows), for :meth:`generate`'s ``prefix``."""
+        if not 0 < length < enc["input_ids"].shape[1]:
+            raise ValueError(
+                f"a prefix must be shorter than the prompt ({enc['input_ids'].shape[1]}), got {length}"
+            )
+        cut = {k: (v[:, :length] if k in ("input_ids", "attention_mask") else v) for k, v in enc.items()}
+        cut["position_ids"] = position_ids(enc["attention_mask"])[:, :length]
+        with torch.no_grad():
+            return Prefix(length, self.hf(**cut, use_cache=True).past_key_values)
+
     def generate(
         self,
         enc: Any,
@@ -185,20 +211,33 @@ class VLM:
         edit: EmbedEdit | None = None,
         interventions: Sequence[Intervention] = (),
         step_logits: list | None = None,
+        prefix: Prefix | None = None,
     ) -> list[str]:
         """Greedy answers under ``interventions`` (``edit``: a shortcut for one :class:`InputEdit`).
 
         Each intervention applies at the prefill, and at every later step if it says so
         (``every_step``: a knockout must also hide the blocked keys from every generated token's
         query). Pass a list as ``step_logits`` to get each step's next-token logits ``[B, V]``.
+        ``prefix`` (:meth:`prefix` of the same ``enc``) starts from its KV cache, so the prefill
+        runs only the positions after it; the interventions must leave those positions alone.
         """
         kinds = self._kinds(edit, interventions)
         prompt_len = int(enc["input_ids"].shape[1])
         lm_head = self.sites.lm_head
+        done = 0
+        if prefix is None:
+            args, kwargs = (enc,), {}
+        else:
+            if any(isinstance(k, InputEdit) for k in kinds):
+                raise ValueError("an edit of the LLM input changes the prefix; generate without prefix=")
+            done = prefix.length
+            args = ()
+            kwargs = {k: enc[k] for k in ("input_ids", "attention_mask")}
+            kwargs["past_key_values"] = copy.deepcopy(prefix.cache)  # generate appends to it
         with (
             warnings.catch_warnings(),
             torch.no_grad(),
-            self.model.generate(enc, max_new_tokens=max_new_tokens, do_sample=False) as tracer,
+            self.model.generate(*args, **kwargs, max_new_tokens=max_new_tokens, do_sample=False) as tracer,
         ):
             # the open loop ends when generation stops; nnsight warns that a step was not reached
             warnings.filterwarnings("ignore", message=".*was never reached.*")
@@ -206,7 +245,7 @@ class VLM:
             logits = nnsight_save([])
             for step in tracer.iter[:]:
                 active = kinds if step == 0 else [k for k in kinds if k.every_step]
-                q_len = prompt_len if step == 0 else 1
+                q_len = prompt_len - done if step == 0 else 1
                 run_hooks(self, active, StepInfo(step, q_len, prompt_len + step))
                 last = lm_head.output[:, -1]
                 tokens.append(last.argmax(-1))
@@ -345,6 +384,8 @@ def load_model(
     if "device_map" not in kwargs:
         hf = hf.to(dev)
     processor = AutoProcessor.from_pretrained(spec.source)
-    if spec.family == "llava":
-        processor.image_processor.do_pad = llava_preprocess == "pad"
-    return VLM(spec, hf, processor, dev)
+    if spec.family == "llava":  # pad or crop for real, whatever image processor the checkpoint names
+        processor.image_processor = llava_image_processor(processor.image_processor, llava_preprocess)
+    vlm = VLM(spec, hf, processor, dev)
+    vlm.geometry_check = check_geometry(vlm)  # processor calls only; GeometryError if the views are wrong
+    return vlm

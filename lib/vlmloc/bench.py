@@ -47,7 +47,8 @@ def _peak_rss_mb() -> float:
 
 
 def bench_heads(model_id: str, n_pairs: int = 20, batch_size: int = 64, threads: int | None = None) -> dict:
-    """Heads per second of the batched sweep and of the loop, their ratio, and the largest difference."""
+    """Heads per second of the batched sweep and of the loop, their ratio, and the largest
+    difference of a per-token log-probability between the two."""
     from . import load_model
     from .sweeps import head_patch_scores
 
@@ -65,7 +66,7 @@ def bench_heads(model_id: str, n_pairs: int = 20, batch_size: int = 64, threads:
         results[name] = [head_patch_scores(vlm, s, b, a, "localization", **kw) for s, b, a in pairs]
         times[name] = time.perf_counter() - t0
     diff = max(
-        float((f.patched.logprob - s.patched.logprob).abs().max())
+        float((f.patched.token_logprobs - s.patched.token_logprobs).abs().max())
         for f, s in zip(results["batched"], results["loop"], strict=True)
     )
     rate = {k: n_heads * len(pairs) / v for k, v in times.items()}
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     h.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
     print(
-        "| model | heads | pairs | batched heads/s | loop heads/s | ratio | max abs diff | peak RSS MB | threads |"
+        "| model | heads | pairs | batched heads/s | loop heads/s | ratio | max token log-prob diff | peak RSS MB | threads |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for model in a.models:

@@ -1,4 +1,9 @@
-"""Execute the chapter notebooks with papermill and stage the executed copies for the book.
+"""The chapter registry, and the steps that execute chapters and stage them for the book.
+
+:data:`CHAPTERS` is the one list of the book's chapters: the papermill runs, the staging, the
+table-of-contents check, the tests, the chapter map and the README's chapter table all read it.
+Adding a chapter is one :class:`Chapter` entry here, one notebook in ``notebooks/``, one
+experiment module in :mod:`vlmloc.experiments` and one line in ``_toc.yml``.
 
 The book never executes anything itself (``execute_notebooks: off``): it renders copies executed
 beforehand. This module is that step::
@@ -6,7 +11,9 @@ beforehand. This module is that step::
     python -m vlmloc.chapters run                      # every chapter on every model it applies to
     python -m vlmloc.chapters run --models toy-internvl --chapters 01_data_and_baselines
     python -m vlmloc.chapters run --models llava-hf/llava-1.5-7b-hf -p device cuda -p dtype float16
-    python -m vlmloc.chapters stage                    # toy-llava's copies -> book/notebooks/
+    python -m vlmloc.chapters stage                    # each chapter's book model -> book/notebooks/
+    python -m vlmloc.chapters check                    # _toc.yml and notebooks/ match the registry
+    python -m vlmloc.chapters readme-table [--write]   # the README's chapter table
 
 Executed copies go to ``build/runs/<model>/<chapter>.ipynb``; results to ``results/<model>/``.
 The kernel runs in the repository root, so relative paths in parameters mean the same thing in
@@ -21,38 +28,149 @@ import shutil
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from .registry import UnknownModelError, get_spec
 from .store import model_dirname
 
 __all__ = [
     "CHAPTERS",
     "DEFAULT_MODEL",
+    "PLANNED",
     "TOYS",
+    "Chapter",
+    "Planned",
     "StageError",
     "execute",
+    "get",
     "main",
+    "names",
     "plan",
+    "readme_table",
     "repo_root",
     "stage",
+    "toc_problems",
 ]
 
 TOYS: tuple[str, ...] = ("toy-llava", "toy-internvl")
-#: The model whose executed chapters the book shows.
+#: The model whose executed chapters the book shows, unless a chapter says otherwise.
 DEFAULT_MODEL = "toy-llava"
-#: Chapters in reading order, each with the models ``run`` executes it on by default. ``summary``
-#: reads every model's results, so it runs once (with the default model) after the others.
-CHAPTERS: list[tuple[str, tuple[str, ...]]] = [
-    ("01_data_and_baselines", TOYS),
-    ("02_containerization", TOYS),
-    ("06_mediation", TOYS),
-    ("07_head_ablation", TOYS),
-    ("summary", (DEFAULT_MODEL,)),
-]
-#: Chapters that run once whatever ``--models`` says.
-ONCE = frozenset({"summary"})
 EXECUTION_TIMEOUT = 1200
+
+
+@dataclass(frozen=True)
+class Chapter:
+    """One chapter of the book.
+
+    ``name`` is both the notebook (``notebooks/<name>.ipynb``) and the results file
+    (``<results_dir>/<model>/<name>.json``). ``models`` are what ``run`` executes it on by
+    default; ``book_model`` is the model whose executed copy the book shows (a chapter that
+    applies to one family only, e.g. InternVL's views, runs and is shown on that family's toy).
+    ``experiment`` names its module in :mod:`vlmloc.experiments`, if it has one. ``families``
+    limits the chapter to models of those families (None: every family), so ``--models`` never
+    runs InternVL's views on LLaVA. A chapter that runs ``once`` (the results page, which reads
+    every model) ignores ``--models``.
+    """
+
+    name: str
+    title: str
+    question: str
+    tools: str
+    models: tuple[str, ...] = TOYS
+    book_model: str = DEFAULT_MODEL
+    experiment: str | None = None
+    families: tuple[str, ...] | None = None
+    once: bool = False
+
+    def applies_to(self, model_id: str) -> bool:
+        """Whether the chapter runs on ``model_id``: its family is one of ``families``.
+
+        An unknown id is let through: the notebook's parameter check then says what is wrong.
+        """
+        if self.families is None:
+            return True
+        try:
+            return get_spec(model_id).family in self.families
+        except UnknownModelError:
+            return True
+
+    @property
+    def number(self) -> int | None:
+        """The chapter number of an ``NN_name`` chapter; None for unnumbered pages."""
+        head = self.name.split("_", 1)[0]
+        return int(head) if head.isdigit() else None
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A chapter of the study that has no notebook yet: drawn dashed on the chapter map."""
+
+    number: int
+    title: str
+    question: str
+    tools: str
+
+
+#: The book's chapters in reading order. ``summary`` reads every model's results, so it runs
+#: once, after the others.
+CHAPTERS: tuple[Chapter, ...] = (
+    Chapter(
+        "01_data_and_baselines",
+        "Data and baselines",
+        "Can the model classify and localize at all?",
+        "COCO, IoU, LaMa controls",
+        experiment="ch01_baselines",
+    ),
+    Chapter(
+        "02_containerization",
+        "Containerization",
+        "Which tokens carry the box?",
+        "ablation, padding, shuffle",
+        experiment="ch02_containerization",
+    ),
+    Chapter(
+        "03_views",
+        "Global vs local views",
+        "Which InternVL view carries space?",
+        "view-wise ablation",
+        models=("toy-internvl",),
+        book_model="toy-internvl",
+        experiment="ch03_views",
+        families=("internvl",),
+    ),
+    Chapter(
+        "04_position_decoding",
+        "Position decoding",
+        "Where is the 2-D grid rebuilt?",
+        "linear probes per layer",
+        experiment="ch04_position_decoding",
+    ),
+    Chapter(
+        "05_attention_knockout",
+        "Attention knockout",
+        "Which layers read the object tokens?",
+        "attention knockout",
+        experiment="ch05_attention_knockout",
+    ),
+    Chapter(
+        "summary",
+        "Results across models",
+        "Toy vs LLaVA vs InternVL, beside the paper",
+        "summary tables",
+        models=(DEFAULT_MODEL,),
+        once=True,
+    ),
+)
+
+#: The study's chapters still to write; an entry moves to :data:`CHAPTERS` with its notebook.
+PLANNED: tuple[Planned, ...] = (
+    Planned(6, "Causal mediation", "Which heads carry the effect?", "activation patching, MF"),
+    Planned(7, "Head ablation", "Does localization need recognition first?", "ablate top heads"),
+)
 
 
 class StageError(RuntimeError):
@@ -72,29 +190,38 @@ def repo_root(start: str | Path | None = None) -> Path:
     )
 
 
-def _chapter_names() -> list[str]:
-    return [name for name, _ in CHAPTERS]
+def names() -> list[str]:
+    """The registry's chapter names, in reading order."""
+    return [c.name for c in CHAPTERS]
+
+
+def get(name: str) -> Chapter:
+    """The registry entry of chapter ``name``."""
+    for c in CHAPTERS:
+        if c.name == name:
+            return c
+    raise ValueError(f"unknown chapter {name!r}; chapters are: {', '.join(names())}")
 
 
 def plan(chapters: Iterable[str] | None = None, models: Iterable[str] | None = None) -> list[tuple[str, str]]:
     """The (chapter, model) runs in execution order.
 
-    ``models`` replaces each chapter's default models (chapters in ``ONCE`` keep theirs);
-    ``chapters`` selects chapters by name. Unknown chapter names are an error.
+    ``models`` replaces each chapter's default models (chapters that run ``once`` keep theirs;
+    a chapter limited to some families skips the others); ``chapters`` selects chapters by name.
+    Unknown chapter names are an error.
     """
-    names = _chapter_names()
-    wanted = list(chapters) if chapters else names
-    unknown = [c for c in wanted if c not in names]
+    wanted = list(chapters) if chapters else names()
+    unknown = [c for c in wanted if c not in names()]
     if unknown:
-        raise ValueError(f"unknown chapter(s) {', '.join(unknown)}; chapters are: {', '.join(names)}")
+        raise ValueError(f"unknown chapter(s) {', '.join(unknown)}; chapters are: {', '.join(names())}")
     models = list(models) if models else None
-    runs = []
-    for name, defaults in CHAPTERS:
-        if name not in wanted:
-            continue
-        for model in defaults if (models is None or name in ONCE) else models:
-            runs.append((name, model))
-    return runs
+    return [
+        (c.name, model)
+        for c in CHAPTERS
+        if c.name in wanted
+        for model in (c.models if (models is None or c.once) else models)
+        if c.once or c.applies_to(model)
+    ]
 
 
 def executed_path(out_dir: str | Path, chapter: str, model_id: str) -> Path:
@@ -114,7 +241,8 @@ def execute(
 
     Relative ``out_dir`` and ``results_dir`` are taken from the repository root (``root``, found
     with :func:`repo_root` when None). The notebook gets ``model_id``, the absolute
-    ``results_dir`` and ``params``. A failing cell raises ``papermill.PapermillExecutionError``;
+    ``results_dir`` and ``params`` (``progress=False`` unless given: the book shows no progress
+    bars). A failing cell raises ``papermill.PapermillExecutionError``;
     the executed copy, with the traceback, is written either way.
     """
     import papermill as pm
@@ -122,11 +250,11 @@ def execute(
     root = repo_root() if root is None else Path(root).resolve()
     source = root / "notebooks" / f"{chapter}.ipynb"
     if not source.is_file():
-        raise FileNotFoundError(f"no chapter notebook {source}; chapters are: {', '.join(_chapter_names())}")
+        raise FileNotFoundError(f"no chapter notebook {source}; chapters are: {', '.join(names())}")
     out = executed_path(root / out_dir, chapter, model_id)
     out.parent.mkdir(parents=True, exist_ok=True)
     parameters = {"model_id": model_id, "results_dir": str((root / results_dir).resolve()), **params}
-    if "progress" in pm.inspect_notebook(str(source)):  # progress bars are for interactive runs, not the book
+    if "progress" in pm.inspect_notebook(str(source)):  # progress bars help a person, not the book
         parameters.setdefault("progress", False)
     pm.execute_notebook(
         str(source),
@@ -147,42 +275,135 @@ def _failed(nb_path: Path) -> bool:
     return bool(meta.get("papermill", {}).get("exception"))
 
 
+def _stage_problems(runs: Path, todo: Sequence[tuple[str, str]]) -> list[str]:
+    """One line per (chapter, model) whose executed copy is missing or failed, and how to run them."""
+    lines, redo = [], {}
+    for name, model in todo:
+        src = executed_path(runs, name, model)
+        if not src.is_file():
+            lines.append(f"  missing run: {name} on {model} (no {src})")
+        elif _failed(src):
+            lines.append(f"  failed run: {name} on {model} ({src} holds the traceback)")
+        else:
+            continue
+        redo.setdefault(model, []).append(name)
+    for model, chapters in redo.items():
+        lines.append(
+            f"execute it with: python -m vlmloc.chapters run --chapters {' '.join(chapters)} --models {model}"
+        )
+    return lines
+
+
 def stage(
     runs_dir: str | Path = "build/runs",
     book_dir: str | Path = "book/notebooks",
-    model_id: str = DEFAULT_MODEL,
+    model_id: str | None = None,
     root: str | Path | None = None,
     chapters: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Copy ``model_id``'s executed chapters into ``book_dir``; refuse if any is missing or failed.
+    """Copy each chapter's executed copy into ``book_dir``; refuse if any is missing or failed.
 
+    Each chapter's copy comes from its ``book_model``, or from ``model_id`` for all when given.
     Relative paths are taken from the repository root. Nothing is copied unless every chapter
     is present, so the book never mixes a fresh chapter with a stale one.
     """
     base = repo_root() if root is None else Path(root).resolve()
     runs, book = base / runs_dir, base / book_dir
-    names = list(chapters) if chapters is not None else _chapter_names()
-    missing, failed = [], []
-    for name in names:
-        src = executed_path(runs, name, model_id)
-        if not src.is_file():
-            missing.append((name, src))
-        elif _failed(src):
-            failed.append((name, src))
-    if missing or failed:
-        lines = [f"cannot stage the book from {runs}:"]
-        lines += [f"  missing run: {n} on {model_id} (no {p})" for n, p in missing]
-        lines += [f"  failed run: {n} on {model_id} ({p} holds the traceback)" for n, p in failed]
-        todo = " ".join(n for n, _ in missing + failed)
-        lines.append(f"execute it with: python -m vlmloc.chapters run --chapters {todo} --models {model_id}")
-        raise StageError("\n".join(lines))
+    wanted = list(chapters) if chapters is not None else names()
+    todo = [(name, model_id or get(name).book_model) for name in wanted]
+    problems = _stage_problems(runs, todo)
+    if problems:
+        raise StageError("\n".join([f"cannot stage the book from {runs}:", *problems]))
     book.mkdir(parents=True, exist_ok=True)
     out = []
-    for name in names:
+    for name, model in todo:
         dst = book / f"{name}.ipynb"
-        shutil.copyfile(executed_path(runs, name, model_id), dst)
+        shutil.copyfile(executed_path(runs, name, model), dst)
         out.append(dst)
     return out
+
+
+# --------------------------------------------------------------------------- the registry's mirrors
+
+
+def toc_chapters(toc_path: str | Path) -> list[str]:
+    """The notebooks a jb-book ``_toc.yml`` lists (``notebooks/<name>`` entries), in order."""
+    toc = yaml.safe_load(Path(toc_path).read_text(encoding="utf-8"))
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            f = node.get("file")
+            if isinstance(f, str) and f.startswith("notebooks/"):
+                found.append(f.removeprefix("notebooks/").removesuffix(".ipynb"))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(toc)
+    return found
+
+
+def toc_problems(root: str | Path | None = None) -> list[str]:
+    """What keeps ``_toc.yml`` and ``notebooks/`` from matching the registry, one line each; [] if none."""
+    base = repo_root() if root is None else Path(root).resolve()
+    listed, registry = toc_chapters(base / "_toc.yml"), names()
+    sources = sorted(p.stem for p in (base / "notebooks").glob("*.ipynb"))
+    problems = [
+        f"_toc.yml lacks the chapter {n} (add '- file: notebooks/{n}')" for n in registry if n not in listed
+    ]
+    problems += [
+        f"_toc.yml lists {n}, which is not in vlmloc.chapters.CHAPTERS" for n in listed if n not in registry
+    ]
+    if not problems and listed != registry:
+        problems.append(f"_toc.yml lists the chapters in the order {listed}, the registry in {registry}")
+    problems += [f"notebooks/{n}.ipynb is missing" for n in registry if n not in sources]
+    problems += [
+        f"notebooks/{n}.ipynb is not in vlmloc.chapters.CHAPTERS" for n in sources if n not in registry
+    ]
+    return problems
+
+
+README_BEGIN = "<!-- chapters: generated by python -m vlmloc.chapters readme-table --write -->"
+README_END = "<!-- /chapters -->"
+
+
+def readme_table() -> str:
+    """The README's chapter table: each chapter, what it asks, how, where it runs, which copy the book shows."""
+    lines = ["| notebook | asks | with | runs on | the book shows |", "|---|---|---|---|---|"]
+    for c in CHAPTERS:
+        lines.append(f"| `{c.name}` | {c.question} | {c.tools} | {', '.join(c.models)} | {c.book_model} |")
+    lines += [f"| {p.number}. {p.title} (planned) | {p.question} | {p.tools} | | |" for p in PLANNED]
+    return "\n".join(lines)
+
+
+def _readme_block(text: str) -> tuple[int, int]:
+    """Start and end offsets of the generated table between the README's markers."""
+    try:
+        start = text.index(README_BEGIN) + len(README_BEGIN)
+        return start, text.index(README_END, start)
+    except ValueError:
+        raise ValueError(f"README.md has no chapter table between {README_BEGIN} and {README_END}") from None
+
+
+def readme_chapter_table(readme: str | Path) -> str:
+    """The chapter table as it stands in ``readme``."""
+    text = Path(readme).read_text(encoding="utf-8")
+    start, end = _readme_block(text)
+    return text[start:end].strip()
+
+
+def write_readme_table(readme: str | Path) -> bool:
+    """Replace the README's chapter table by :func:`readme_table`; whether the file changed."""
+    path = Path(readme)
+    text = path.read_text(encoding="utf-8")
+    start, end = _readme_block(text)
+    new = text[:start] + "\n" + readme_table() + "\n" + text[end:]
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+    return new != text
 
 
 def _parse_value(text: str) -> Any:
@@ -197,37 +418,76 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vlmloc.chapters", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="execute chapters with papermill into build/runs/<model>/")
-    r.add_argument("--chapters", nargs="+", help=f"default: all ({', '.join(_chapter_names())})")
+    r.add_argument("--chapters", nargs="+", help=f"default: all ({', '.join(names())})")
     r.add_argument("--models", nargs="+", help=f"default: each chapter's models ({', '.join(TOYS)})")
     r.add_argument("--out-dir", default="build/runs")
     r.add_argument("--results-dir", default="results")
     r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
-    s = sub.add_parser("stage", help=f"copy {DEFAULT_MODEL}'s executed chapters into book/notebooks/")
+    s = sub.add_parser(
+        "stage", help="copy each chapter's executed copy (its book model's) into book/notebooks/"
+    )
     s.add_argument("--runs-dir", default="build/runs")
     s.add_argument("--book-dir", default="book/notebooks")
-    s.add_argument("--model", default=DEFAULT_MODEL)
-    a = p.parse_args(argv)
+    s.add_argument("--model", default=None, help="stage this model's copies of every chapter instead")
+    sub.add_parser("check", help="check that _toc.yml and notebooks/ list exactly the registry's chapters")
+    t = sub.add_parser("readme-table", help="print the README's chapter table")
+    t.add_argument("--write", action="store_true", help="write it into README.md between its markers")
+    return p
 
-    if a.command == "stage":
-        try:
-            paths = stage(a.runs_dir, a.book_dir, a.model)
-        except StageError as err:
-            print(err, file=sys.stderr)
-            return 1
-        for path in paths:
-            print(f"staged {path}")
+
+def _stage_command(a: argparse.Namespace) -> int:
+    try:
+        paths = stage(a.runs_dir, a.book_dir, a.model)
+    except StageError as err:
+        print(err, file=sys.stderr)
+        return 1
+    for path in paths:
+        print(f"staged {path}")
+    return 0
+
+
+def _check_command() -> int:
+    problems = toc_problems()
+    for line in problems:
+        print(line, file=sys.stderr)
+    if not problems:
+        print(f"_toc.yml and notebooks/ match the registry: {', '.join(names())}")
+    return 1 if problems else 0
+
+
+def _readme_command(a: argparse.Namespace) -> int:
+    if not a.write:
+        print(readme_table())
         return 0
+    readme = repo_root() / "README.md"
+    print(f"{'updated' if write_readme_table(readme) else 'unchanged'}: {readme}")
+    return 0
 
-    import papermill as pm
 
+def main(argv: Sequence[str] | None = None) -> int:
+    p = _parser()
+    a = p.parse_args(argv)
+    if a.command == "stage":
+        return _stage_command(a)
+    if a.command == "check":
+        return _check_command()
+    if a.command == "readme-table":
+        return _readme_command(a)
     try:
         runs = plan(a.chapters, a.models)
     except ValueError as err:
         p.error(str(err))
+    return _run_command(runs, a)
+
+
+def _run_command(runs: list[tuple[str, str]], a: argparse.Namespace) -> int:
+    """Execute ``runs`` one after the other; a failed run is reported and the others go on."""
+    import papermill as pm
+
     params = {k: _parse_value(v) for k, v in a.param}
     failures, total = [], time.perf_counter()
     for chapter, model in runs:

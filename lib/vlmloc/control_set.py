@@ -1,8 +1,8 @@
 """The object-removal control set: originals paired with the same image with the target inpainted away.
 
 Paper: inpaint the target with LaMa and keep the pairs where the model names the class on the
-original but no longer on the inpainted image (2,248 annotations over 1,720 images for
-LLaVA-1.5-7B). Such pairs show that the model's answer rests on the object's own pixels, not on
+original but no longer on the inpainted image (its counts for LLaVA-1.5-7B are
+:data:`vlmloc.paper.CONTROL_SET`). Such pairs show that the model's answer rests on the object's own pixels, not on
 context, and they are the source/base pairs of causal mediation analysis later in the book.
 
 Layout under ``<results_dir>/<model>/control_set/``::

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,10 +93,32 @@ def load_coco(
         raise DataError(
             f"annotations file {ann_path} is not a COCO instances file: it lacks {', '.join(missing)}"
         )
-    coco = COCO()
-    coco.dataset = raw
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
+    try:
+        coco = COCO()
+        coco.dataset = raw
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+        samples = _filtered(raw, coco, img_dir, min_area_frac)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DataError(
+            f"annotations file {ann_path} is not a COCO instances file: an entry is malformed "
+            f"({type(e).__name__}: {e}); each image needs id, file_name, width, height and each annotation "
+            "id, image_id, category_id, bbox, area"
+        ) from None
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(samples))
+    samples = [samples[i] for i in order]
+    if limit is not None:
+        samples = samples[:limit]
+    if not samples:
+        raise DataError(
+            f"no annotation of {ann_path} passes the filter (single instance of its class, area >= 1%)"
+        )
+    return samples
+
+
+def _filtered(raw: dict, coco, img_dir: Path, min_area_frac: float) -> list[Sample]:
+    """The METHODS.md filter over a parsed instances file, in image-id order."""
     cats = {c["id"]: c["name"] for c in raw["categories"]}
     samples: list[Sample] = []
     for img in sorted(raw["images"], key=lambda r: r["id"]):
@@ -124,16 +147,42 @@ def load_coco(
                     _coco=coco,
                 )
             )
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(samples))
-    samples = [samples[i] for i in order]
-    if limit is not None:
-        samples = samples[:limit]
-    if not samples:
-        raise DataError(
-            f"no annotation of {ann_path} passes the filter (single instance of its class, area >= 1%)"
-        )
     return samples
+
+
+def check_images(samples: Iterable[Sample], show: int = 3) -> int:
+    """Open every image of ``samples`` once; a missing, unreadable or wrongly sized one is a DataError.
+
+    Chapters call this in their validation cell, before the model loads, so a wrong images folder
+    stops the notebook at once instead of mid-evaluation. Returns the number of images checked.
+    """
+    problems: list[str] = []
+    seen: dict[Path, None] = {}
+    for s in samples:
+        if s.image_path in seen:
+            continue
+        seen[s.image_path] = None
+        try:
+            with Image.open(s.image_path) as im:
+                im.load()
+                size = im.size
+        except FileNotFoundError:
+            problems.append(f"{s.image_path} (missing)")
+            continue
+        except (OSError, SyntaxError) as e:
+            problems.append(f"{s.image_path} (not a readable image: {type(e).__name__})")
+            continue
+        if size != (s.width, s.height):
+            problems.append(
+                f"{s.image_path} (is {size[0]}x{size[1]}, the annotations say {s.width}x{s.height})"
+            )
+    if problems:
+        more = f" and {len(problems) - show} more" if len(problems) > show else ""
+        raise DataError(
+            f"{len(problems)} of the {len(seen)} images chosen cannot be used: {'; '.join(problems[:show])}{more}; "
+            "pass the images folder that holds the annotations' file_name entries"
+        )
+    return len(seen)
 
 
 def resolve_data(annotations: str | None, images: str | None, n_embedded: int = 500) -> tuple[Path, Path]:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from .adapter import VLM
+from .adapter import VLM, Prefix
 from .data import Sample
 from .families import Task
 from .geometry import ImageLayout
@@ -23,6 +24,11 @@ log = logging.getLogger("vlmloc.evaluate")
 
 #: Builds the edit of one sample from its layout and batch row (None: no edit).
 EditFor = Callable[[Sample, ImageLayout], TokenEdit | None]
+#: Builds the interventions of one batch from its samples and layouts, in batch-row order
+#: (e.g. an :class:`~vlmloc.interventions.AttentionKnockout` whose keys are each row's positions).
+InterventionsFor = Callable[[Sequence[Sample], Sequence[ImageLayout]], Sequence[Intervention]]
+#: The cached prefix of one encoded batch (see :meth:`VLM.prefix`), or None to run it in full.
+PrefixFor = Callable[[Sequence[Sample], Any, Sequence[ImageLayout]], Prefix | None]
 
 
 def score(vlm: VLM, sample: Sample, task: Task, answer: str) -> dict:
@@ -51,12 +57,15 @@ def run_condition(
     edit_for: EditFor | None = None,
     max_new_tokens: int = 24,
     progress: bool = True,
-    interventions: Sequence[Intervention] = (),
+    interventions_for: InterventionsFor | None = None,
+    prefix_for: PrefixFor | None = None,
 ) -> list[dict]:
     """Evaluate ``samples`` on ``task`` under a condition; returns all records (resumed ones too).
 
-    ``interventions`` are passed to :meth:`VLM.generate` for every batch (e.g. a
-    :class:`~vlmloc.interventions.HeadAblation`), besides the per-sample ``edit_for``.
+    ``edit_for`` edits the LLM input per sample; ``interventions_for`` builds any other
+    interventions per batch (they reach :meth:`VLM.generate` as ``interventions=``);
+    ``prefix_for`` may hand back the batch's cached prefix (:meth:`VLM.prefix`), valid only when
+    the interventions change nothing before it.
     """
     # The weights' fingerprint keys the records too: a retrained model never reuses stale ones.
     log_ = store.condition(f"{task}-{condition}", {"task": task, "weights": vlm.fingerprint, **config})
@@ -73,11 +82,14 @@ def run_condition(
         images = [s.load_image() for s in chunk]
         prompts = [vlm.prompt(task, s.category) for s in chunk]
         enc = vlm.encode(images, prompts)
-        edit = None
+        edit, extra = None, {}
+        layouts = vlm.layouts(enc, images) if edit_for or interventions_for or prefix_for else None
         if edit_for is not None:
-            layouts = vlm.layouts(enc, images)
             edit = apply_edits([edit_for(s, lay) for s, lay in zip(chunk, layouts, strict=True)])
-        extra = {"interventions": list(interventions)} if interventions else {}  # none: the call as before
+        if interventions_for is not None:
+            extra["interventions"] = list(interventions_for(chunk, layouts))
+        if prefix_for is not None and (prefix := prefix_for(chunk, enc, layouts)) is not None:
+            extra["prefix"] = prefix
         answers = vlm.generate(enc, max_new_tokens=max_new_tokens, edit=edit, **extra)
         for s, p, a in zip(chunk, prompts, answers, strict=True):
             rec = {

@@ -84,6 +84,11 @@ def _check_results_dir(value: Any) -> None:
         )
 
 
+def _check_progress(value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ParameterError(f"progress must be True or False, got {value!r}; pass e.g. -p progress False.")
+
+
 def _check_data(params: Mapping[str, Any]) -> None:
     """COCO needs both files; the synthetic default needs neither."""
     if "annotations" not in params and "images" not in params:
@@ -113,7 +118,7 @@ def validate_params(params: Mapping[str, Any], known_model_ids: Iterable[str]) -
     """Raise ``ParameterError`` with one sentence naming the first bad parameter; return None if all are fine.
 
     Checked when present: model_id, n_samples, batch_size, seed, device, dtype, annotations and
-    images (both None, or an existing file and directory), results_dir.
+    images (both None, or an existing file and directory), results_dir, progress.
     """
     known = sorted(known_model_ids)
     checks: dict[str, Callable[[Any], None]] = {
@@ -124,6 +129,7 @@ def validate_params(params: Mapping[str, Any], known_model_ids: Iterable[str]) -
         "device": _check_device,
         "dtype": _check_dtype,
         "results_dir": _check_results_dir,
+        "progress": _check_progress,
     }
     for name, check in checks.items():
         if name in params:

@@ -9,6 +9,7 @@ under different settings.
 Layout::
 
     <results_dir>/<model_dirname>/<experiment>/<condition>-<config_key>.jsonl
+    <results_dir>/<model_dirname>/<experiment>/runtime-<config_key>.json   (seconds per stage, every run)
     <results_dir>/<model_dirname>/<chapter>.json        (chapter summaries)
 """
 
@@ -19,7 +20,11 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,7 @@ __all__ = [
     "ConditionLog",
     "CorruptResultsError",
     "ResultsStore",
+    "RuntimeLog",
     "StaleResultsError",
     "config_key",
     "model_dirname",
@@ -273,8 +279,119 @@ class ResultsStore:
         path = self.directory / f"{name}-{config_key(config)}.jsonl"
         return ConditionLog(path, name, config)
 
+    def runtime(self, config: Mapping, heartbeat: float = 30.0) -> RuntimeLog:
+        """The runtime log of this experiment under ``config``: seconds per stage over every run."""
+        return RuntimeLog(self.directory / f"runtime-{config_key(config)}.json", heartbeat)
+
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.directory)!r})"
+
+
+# --------------------------------------------------------------------------- runtime over resumed runs
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(_dumps(obj, sort_keys=True, indent=1))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RuntimeLog:
+    """Seconds spent per stage, summed over every run of an experiment under one configuration.
+
+    A resumed run only does what is left, so its own clock says little; the chapter's runtime is
+    what all runs took together. Each run keeps its own entry in one JSON file, rewritten when a
+    stage ends and every ``heartbeat`` seconds while one runs, so a killed run loses at most a
+    heartbeat per stage. Nothing is written before the first stage ends or beats.
+
+        rt = store.runtime(config)
+        with rt.timed("ablation"):
+            ...
+        rt.totals()   # {"ablation": 812.4, ...} over every run
+    """
+
+    def __init__(self, path: str | Path, heartbeat: float = 30.0) -> None:
+        self.path = Path(path)
+        self.heartbeat = heartbeat
+        self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self._mine: dict[str, float] = {}
+        self._open: dict[str, tuple[float, float, threading.Event, threading.Thread]] = {}
+        self._lock = threading.Lock()
+
+    def _read(self) -> dict[str, dict[str, float]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except json.JSONDecodeError:
+            logger.warning("unreadable runtime log %s; starting it afresh", self.path)
+            return {}
+        return data.get("runs", {})
+
+    def _set(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self._mine[stage] = seconds
+            runs = self._read()
+            runs[self.run] = {k: round(v, 2) for k, v in self._mine.items()}
+            _write_json_atomic(self.path, {"runs": runs})
+
+    def start(self, stage: str, since: float | None = None) -> None:
+        """Start timing ``stage`` (from ``since``, a ``time.perf_counter()`` value, if given)."""
+        if stage in self._open:  # a notebook cell run twice: close the first timing
+            self.stop(stage)
+        t0 = time.perf_counter() if since is None else since
+        base = self._mine.get(stage, 0.0)
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.heartbeat):
+                self._set(stage, base + time.perf_counter() - t0)
+
+        thread = threading.Thread(target=beat, name=f"runtime-{stage}", daemon=True)
+        self._open[stage] = (t0, base, stop, thread)
+        thread.start()
+
+    def stop(self, stage: str) -> float:
+        """Stop timing ``stage``; returns this run's seconds on it (also if it was not being timed)."""
+        if stage not in self._open:
+            return self._mine.get(stage, 0.0)
+        t0, base, stop, thread = self._open.pop(stage)
+        stop.set()
+        thread.join()
+        self._set(stage, base + time.perf_counter() - t0)
+        return self._mine[stage]
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Time a block as ``stage`` (also when it raises or is interrupted)."""
+        self.start(stage)
+        try:
+            yield
+        finally:
+            self.stop(stage)
+
+    def totals(self) -> dict[str, float]:
+        """Seconds per stage over every run, this one included (stages still open count until now)."""
+        runs = self._read()
+        mine = dict(self._mine)
+        for stage, (t0, base, _, _) in self._open.items():
+            mine[stage] = base + time.perf_counter() - t0
+        runs[self.run] = mine
+        out: dict[str, float] = {}
+        for stages in runs.values():
+            for stage, sec in stages.items():
+                out[stage] = out.get(stage, 0.0) + float(sec)
+        return out
+
+    def n_runs(self) -> int:
+        """How many runs (this one included) spent time on this configuration."""
+        return len(set(self._read()) | {self.run})
 
 
 # --------------------------------------------------------------------------- chapter summaries

@@ -61,15 +61,6 @@ def first_after_image(vlm: Any, input_ids: torch.Tensor) -> int:
     return int(pos.max()) + 1
 
 
-def _prefix_cache(vlm: Any, inputs: dict, prefix: int) -> Any:
-    cut = {
-        k: (v[:, :prefix] if k in ("input_ids", "attention_mask", "position_ids") else v)
-        for k, v in inputs.items()
-    }
-    with torch.no_grad():
-        return vlm.hf(**cut, use_cache=True).past_key_values
-
-
 def _suffix_inputs(inputs: dict, prefix: int, rows: int, cache: Any) -> dict:
     ids = inputs["input_ids"][:, prefix:].expand(rows, -1)
     total = inputs["input_ids"].shape[1]
@@ -179,7 +170,7 @@ class _Run:
         """Prefix once; the base suffix once (its scores and every layer's output); then per layer
         ``l`` its heads, one per row, with layers before ``l`` skipped."""
         vlm, start = self.vlm, self.start
-        cache = _prefix_cache(vlm, self.inputs, start)
+        cache = vlm.prefix(self.inputs, start).cache
         step = StepInfo(0, self.total - start, self.total)
         outputs = HiddenStates([f"llm.{la}" for la in range(vlm.n_layers)])
         base_logits = vlm.forward(

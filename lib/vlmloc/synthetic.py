@@ -58,6 +58,12 @@ SIZES: tuple[tuple[int, int], ...] = (
 TRAIN_SEED = 1
 EVAL_SEED = 20260
 
+#: Size of an image's first object and of its distractors: uniform in these ranges, as a fraction
+#: of the image's short side. Every embedded set and the toys' training use these; a set drawn with
+#: other ranges (chapter 3 extends them down to get small objects) is cached under its own name.
+FIRST_SIZE: tuple[float, float] = (0.12, 0.75)
+DISTRACTOR_SIZE: tuple[float, float] = (0.1, 0.35)
+
 
 @dataclass(frozen=True)
 class ShapeSpec:
@@ -185,13 +191,18 @@ def _place(
 
 
 def generate_scene(
-    rng: np.random.Generator, colour_linked: float = COLOUR_LINKED
+    rng: np.random.Generator,
+    colour_linked: float = COLOUR_LINKED,
+    first_size: tuple[float, float] = FIRST_SIZE,
+    distractor_size: tuple[float, float] = DISTRACTOR_SIZE,
 ) -> tuple[Image.Image, list[tuple[ShapeSpec, np.ndarray]]]:
     """Draw one scene; returns the image and its objects with their visible masks.
 
     ``colour_linked`` is the chance that an object has its class's colour. Training scenes may
-    lower it so that a toy cannot name objects by colour alone; the default draws exactly the
-    scenes the embedded sets have always had.
+    lower it so that a toy cannot name objects by colour alone. ``first_size`` and
+    ``distractor_size`` are the objects' size ranges (fractions of the short side). The defaults
+    draw exactly the scenes the embedded sets have always had; with other ranges the same seed gives
+    other scenes (placement retries depend on the sizes).
     """
     width, height = SIZES[rng.integers(len(SIZES))]
     img = textured_background(width, height, rng)
@@ -202,7 +213,7 @@ def generate_scene(
     taken: list[np.ndarray] = []
     for i, cat in enumerate(cats):
         # The first object spans small to large; distractors stay small to medium.
-        frac = rng.uniform(0.12, 0.75) if i == 0 else rng.uniform(0.1, 0.35)
+        frac = rng.uniform(*first_size) if i == 0 else rng.uniform(*distractor_size)
         spec = _place(rng, width, height, frac * short, taken, str(cat), colour_linked)
         if spec is None:
             continue
@@ -229,13 +240,26 @@ def _segmentation(mask: np.ndarray) -> dict:
     return rle
 
 
-def write_dataset(out: str | Path, n: int, seed: int, progress: bool = False) -> Path:
-    """Write ``n`` scenes as ``out/annotations.json`` and ``out/images/*.png``; return the json path."""
+def write_dataset(
+    out: str | Path,
+    n: int,
+    seed: int,
+    progress: bool = False,
+    first_size: tuple[float, float] = FIRST_SIZE,
+    distractor_size: tuple[float, float] = DISTRACTOR_SIZE,
+) -> Path:
+    """Write ``n`` scenes as ``out/annotations.json`` and ``out/images/*.png``; return the json path.
+
+    ``first_size`` and ``distractor_size`` go to :func:`generate_scene` (the defaults: the usual sets).
+    """
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     coco: dict = {
-        "info": {"description": f"vlmloc synthetic scenes, seed {seed}", "version": "1"},
+        "info": {
+            "description": f"vlmloc synthetic scenes, seed {seed}{_size_note(first_size, distractor_size)}",
+            "version": "1",
+        },
         "licenses": [],
         "categories": [{"id": i + 1, "name": c, "supercategory": "shape"} for i, c in enumerate(CLASSES)],
         "images": [],
@@ -249,7 +273,7 @@ def write_dataset(out: str | Path, n: int, seed: int, progress: bool = False) ->
 
         it = tqdm(it, desc="scenes")
     for i in it:
-        img, objects = generate_scene(rng)
+        img, objects = generate_scene(rng, first_size=first_size, distractor_size=distractor_size)
         name = f"{seed:06d}_{i:06d}.png"
         img.save(out / "images" / name)
         coco["images"].append({"id": i + 1, "file_name": name, "width": img.width, "height": img.height})
@@ -276,22 +300,34 @@ def write_dataset(out: str | Path, n: int, seed: int, progress: bool = False) ->
     return path
 
 
+def _size_note(first_size: tuple[float, float], distractor_size: tuple[float, float]) -> str:
+    """``""`` for the usual size ranges, else a tag naming them (for folder names and descriptions)."""
+    if (tuple(first_size), tuple(distractor_size)) == (FIRST_SIZE, DISTRACTOR_SIZE):
+        return ""
+    return "-size{:g}-{:g}-{:g}-{:g}".format(*first_size, *distractor_size)
+
+
 def embedded_dataset(
-    n: int = 500, seed: int = EVAL_SEED, root: str | Path | None = None
+    n: int = 500,
+    seed: int = EVAL_SEED,
+    root: str | Path | None = None,
+    first_size: tuple[float, float] = FIRST_SIZE,
+    distractor_size: tuple[float, float] = DISTRACTOR_SIZE,
 ) -> tuple[Path, Path]:
     """Return ``(annotations, images)`` of the embedded synthetic set, generating it once.
 
-    The set is deterministic in ``(n, seed)``, so it is generated into a cache folder instead of
-    being stored in git (``$VLMLOC_CACHE`` or ``~/.cache/vlmloc``).
+    The set is deterministic in ``(n, seed)`` and the size ranges, so it is generated into a cache
+    folder instead of being stored in git (``$VLMLOC_CACHE`` or ``~/.cache/vlmloc``). The usual
+    ranges keep the folder ``synthetic-seed{seed}-n{n}``; others add a ``-size...`` tag.
     """
     import os
 
     base = Path(root or os.environ.get("VLMLOC_CACHE", Path.home() / ".cache" / "vlmloc"))
-    out = base / f"synthetic-seed{seed}-n{n}"
+    out = base / f"synthetic-seed{seed}-n{n}{_size_note(first_size, distractor_size)}"
     ann = out / "annotations.json"
     if not ann.exists():
         tmp = out.with_name(out.name + ".tmp")
-        write_dataset(tmp, n, seed)
+        write_dataset(tmp, n, seed, first_size=first_size, distractor_size=distractor_size)
         if out.exists():  # another process finished first
             import shutil
 

@@ -8,6 +8,7 @@ a model id so that :func:`vlmloc.load_model` loads them like any checkpoint.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .registry import ModelSpec, register
@@ -25,8 +26,18 @@ INTERNVL_REAL_GEOMETRY = dict(
 )
 
 
-def save_tiny(family: str, out: str | Path, model_id: str | None = None, seed: int = 0) -> ModelSpec:
-    """Build, save and register a tiny random model of ``family`` at the real geometry."""
+def save_tiny(
+    family: str,
+    out: str | Path,
+    model_id: str | None = None,
+    seed: int = 0,
+    image_processor_type: str | None = None,
+) -> ModelSpec:
+    """Build, save and register a tiny random model of ``family`` at the real geometry.
+
+    ``image_processor_type`` rewrites the class the saved processor config names, e.g.
+    ``"CLIPImageProcessor"`` for a LLaVA checkpoint whose processor cannot pad.
+    """
     out = Path(out)
     if family == "llava":
         model, proc = toy_llava(seed, vision=LLAVA_REAL_GEOMETRY, text=TINY_TEXT)
@@ -36,4 +47,9 @@ def save_tiny(family: str, out: str | Path, model_id: str | None = None, seed: i
         raise ValueError(f"unknown family {family!r}; use 'llava' or 'internvl'")
     model.save_pretrained(out)
     proc.save_pretrained(out)
+    if image_processor_type is not None:
+        path = out / "processor_config.json"
+        cfg = json.loads(path.read_text())
+        cfg["image_processor"]["image_processor_type"] = image_processor_type
+        path.write_text(json.dumps(cfg, indent=2))
     return register(ModelSpec(model_id or f"tiny-{family}", family, str(out), "float32", toy=True))

@@ -173,7 +173,7 @@ def plot_box_gallery(
 
 
 def plot_by_size(table: Any, title: str = "") -> Figure:
-    """Grouped bars of Loc and Cls (with SE) per object size class, from :func:`vlmloc.report.by_size`."""
+    """Grouped bars of Loc and Cls (with SE) per object size class, from :func:`vlmloc.experiments.base.by_size`."""
     fig, ax = plt.subplots(figsize=(6.0, 3.2))
     sizes = list(table.index)
     x = np.arange(len(sizes))

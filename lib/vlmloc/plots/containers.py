@@ -17,8 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from ..containerization import PAPER_CONDITION
-from ..paper import MODELS, RESULTS
+from ..paper import INTERNVL_8B, LLAVA_7B, MODELS, conditions_of, paper_result
 from .common import COLORS
 
 __all__ = [
@@ -39,7 +38,9 @@ _SET_COLORS = {
     "object+1": "#f4a261",
     "object+2": "#e9c46a",
 }
-_PAPER_MARKERS = {"llava-hf/llava-1.5-7b-hf": "D", "OpenGVLab/InternVL3_5-8B-HF": "s"}
+_PAPER_MARKERS = {LLAVA_7B: "D", INTERNVL_8B: "s"}
+#: Chapter 2's condition names (baseline, ablated sets, shuffles) -> the paper's.
+_PAPER_CONDITION = conditions_of("baseline", "ablation", "shuffle")
 _LABELS = {
     "baseline": "baseline",
     "object": "object",
@@ -169,9 +170,9 @@ def plot_token_sets(
 
 
 def _paper_marks(ax, x: float, condition: str, key: str, label_done: set) -> None:
-    name = PAPER_CONDITION.get(condition)
+    """Open markers at the paper's ``key`` rate for ``condition``, one per paper model that reports it."""
     for mid, marker in _PAPER_MARKERS.items():
-        p = RESULTS[mid].get(name) if name else None
+        p = paper_result(mid, _PAPER_CONDITION.get(condition))
         if p is None or p.get(key) is None:
             continue
         label = f"{MODELS[mid]} (paper)"

@@ -17,7 +17,9 @@ import pytest
 import torch
 import vlmloc.interventions as iv
 from PIL import Image
-from vlmloc import containerization as ct
+from vlmloc.experiments import ch02_containerization as ct
+from vlmloc.paper import INTERNVL_8B, LLAVA_7B, RESULTS
+from vlmloc.report import ch02 as report
 from vlmloc.store import ResultsStore
 
 
@@ -151,14 +153,6 @@ def test_shuffles_and_padding_stay_within_each_view(case):
     assert src_idx <= set(obj.tolist())
 
 
-def test_sample_rng_is_independent_of_order():
-    a = ct.sample_rng(0, "random", "1:2").integers(1000, size=5)
-    b = ct.sample_rng(0, "random", "1:2").integers(1000, size=5)
-    c = ct.sample_rng(0, "random", "1:3").integers(1000, size=5)
-    d = ct.sample_rng(1, "random", "1:2").integers(1000, size=5)
-    assert np.array_equal(a, b) and not np.array_equal(a, c) and not np.array_equal(a, d)
-
-
 def test_token_sets_on_synthetic_samples(tiny_llava, synthetic_coco, tmp_path):
     import vlmloc
 
@@ -227,34 +221,54 @@ def _summary(
     }
 
 
+def _paper_cell(model: str, condition: str, key: str) -> str:
+    """A paper cell as the tables should write it: the paper's rate and its change from the paper's baseline."""
+    value, base = RESULTS[model][condition][key], RESULTS[model]["baseline"][key]
+    return f"{value:.2f} {'↑' if value > base else '↓'}{abs(value - base):.1f}"
+
+
 def test_tables_put_the_papers_numbers_beside_ours():
-    t = ct.ablation_table(_summary())
-    assert t.loc["object tokens", "LLaVA-1.5-7B Loc"] == "5.92 ↓29.4"
-    assert t.loc["object tokens", "InternVL-3.5-8B Cls"] == "33.19 ↓50.1"
+    t = report.ablation_table(_summary())
+    assert t.loc["object tokens", "LLaVA-1.5-7B Loc"] == _paper_cell(LLAVA_7B, "object_tokens", "loc")
+    assert t.loc["object tokens", "InternVL-3.5-8B Cls"] == _paper_cell(INTERNVL_8B, "object_tokens", "cls")
     assert t.loc["register tokens", "LLaVA-1.5-7B Loc"] == "—"
-    assert t.loc["baseline", "LLaVA-1.5-7B Cls"] == "58.10"
-    assert "paper 21" in t.loc["object +2 padding", "tokens %"]
-    s = ct.shuffle_table(_summary())
-    assert s.loc["global shuffle", "LLaVA-1.5-7B Cls"] == "62.42 ↑4.3"
+    assert t.loc["baseline", "LLaVA-1.5-7B Cls"] == f"{RESULTS[LLAVA_7B]['baseline']['cls']:.2f}"
+    assert (
+        f"paper {RESULTS[LLAVA_7B]['object_padding_2']['share']:.0f}"
+        in t.loc["object +2 padding", "tokens %"]
+    )
+    s = report.shuffle_table(_summary())
+    assert s.loc["global shuffle", "LLaVA-1.5-7B Cls"] == _paper_cell(LLAVA_7B, "global_shuffle", "cls")
     assert s.loc["intra-object shuffle", "InternVL-3.5-8B Loc"] == "—"
-    assert list(ct.padding_table(_summary()["padding"]).index) == [0, 1, 2]
+    assert list(report.padding_table(_summary()["padding"]).index) == list(ct.PADDINGS)
 
 
 def test_findings_say_whether_the_run_agrees_with_the_paper():
-    assert "as in the paper" in ct.ablation_finding(_summary())
-    assert "partly as in the paper" in ct.ablation_finding(_summary(obj_loc=35.0))
-    assert "unlike the paper" in ct.ablation_finding(_summary(obj_loc=35.0, obj_cls=58.0))
+    assert "as in the paper" in report.ablation_finding(_summary())
+    assert "partly as in the paper" in report.ablation_finding(_summary(obj_loc=35.0))
+    assert "unlike the paper" in report.ablation_finding(_summary(obj_loc=35.0, obj_cls=58.0))
     zero = _summary(base_loc=0.0, obj_loc=0.0)
-    assert "as in the paper" in ct.ablation_finding(zero) and "Loc is too low" in ct.ablation_finding(zero)
+    assert "as in the paper" in report.ablation_finding(zero) and "Loc is too low" in report.ablation_finding(
+        zero
+    )
     zero["baseline"]["cls"] = 0.0
-    assert "cannot test" in ct.ablation_finding(zero)
-    assert "grow with the padding, as the paper" in ct.padding_finding(_summary())
-    assert "do not grow" in ct.padding_finding(_summary(areas=(10.0, 10.0, 10.0)))
-    assert "cannot be checked" in ct.padding_finding(_summary(areas=(math.nan, 1.0, 2.0)))
-    assert "cannot be checked" in ct.padding_finding(_summary(areas=(None, 1.0, 2.0)))
-    assert "only the global shuffle" in ct.shuffle_finding(_summary())
-    assert "does not break" in ct.shuffle_finding(_summary(glob_loc=35.0))
-    for f in (ct.ablation_finding, ct.padding_finding, ct.shuffle_finding):
+    assert "cannot test" in report.ablation_finding(zero)
+    assert "grow with the padding, as the paper" in report.padding_finding(_summary())
+    assert "do not grow" in report.padding_finding(_summary(areas=(10.0, 10.0, 10.0)))
+    assert "cannot be checked" in report.padding_finding(_summary(areas=(math.nan, 1.0, 2.0)))
+    assert "cannot be checked" in report.padding_finding(_summary(areas=(None, 1.0, 2.0)))
+    assert "only the global shuffle" in report.shuffle_finding(_summary())
+    assert "does not break" in report.shuffle_finding(_summary(glob_loc=35.0))
+    for model, quoted in (
+        (LLAVA_7B, "random_tokens"),
+        (INTERNVL_8B, "object_tokens"),
+    ):  # paper numbers from paper.py
+        finding = report.ablation_finding({**_summary(), "model_id": model})
+        assert f"→{RESULTS[model]['object_tokens']['loc']:.2f}" in finding
+        assert f"{RESULTS[model][quoted]['cls']:.2f}" in finding
+    intra = RESULTS[LLAVA_7B]["intra_object_shuffle"]["loc"]
+    assert f"{intra:.2f} intra-object" in report.shuffle_finding(_summary())
+    for f in (report.ablation_finding, report.padding_finding, report.shuffle_finding):
         assert f(_summary()).count(". ") == 0 and "On m," in f(_summary())  # one sentence, names the model
 
 
@@ -292,7 +306,13 @@ def test_chapter_2_executes_and_writes_its_summary(model_id, tmp_path):
         str(ROOT / "notebooks" / "02_containerization.ipynb"),
         str(tmp_path / "02_containerization.ipynb"),
         parameters=dict(
-            model_id=model_id, results_dir=str(results), n_samples=12, n_reference=8, ig_steps=2, device="cpu"
+            model_id=model_id,
+            results_dir=str(results),
+            n_samples=12,
+            n_reference=8,
+            ig_steps=2,
+            device="cpu",
+            progress=False,
         ),
         kernel_name="python3",
         cwd=str(ROOT),
@@ -310,3 +330,6 @@ def test_chapter_2_executes_and_writes_its_summary(model_id, tmp_path):
     assert set(summary["padding"]) == {"0", "1", "2"}
     assert all("box_area" in e for e in summary["padding"].values())
     assert len(summary["findings"]) == 5 and all(f"{model_id}" in f for f in summary["findings"].values())
+    runtime = summary["runtime_s"]  # every run of this configuration added up (one run here)
+    assert summary["runtime_runs"] == 1 and runtime["whole chapter"] > 0
+    assert sum(v for k, v in runtime.items() if k != "whole chapter") <= runtime["whole chapter"] + 1

@@ -1,0 +1,243 @@
+"""The resumable experiment runner every chapter builds on.
+
+A chapter's experiment is a set of named *conditions* (baseline, "ablate-object", a knockout of
+layers 3-5, ...), each run on both tasks over the same samples through
+:func:`vlmloc.evaluate.run_condition`. This module holds what every chapter needs around that:
+
+- :class:`RunParams`, the config that keys the records in the :class:`~vlmloc.store.ResultsStore`
+  (so a rerun resumes and a changed setting starts afresh), the seed, batch size and answer length;
+- :class:`Experiment`, which runs a condition on a task, keeps its records per (condition, task),
+  and summarizes them as Loc/Cls with standard errors and the change from the baseline;
+- :class:`Timings`, wall-clock seconds per part that add up over repeated calls;
+- :func:`sample_rng`, randomness fixed per sample, so a resumed run draws what an uninterrupted
+  one would; :func:`by_size`, Loc/Cls per COCO size class.
+
+A chapter subclasses :class:`Experiment` (or uses it as is) and adds its conditions::
+
+    class Knockout(Experiment):
+        def layers(self, window, progress=True):
+            base = self.baseline(progress)
+            for task in TASKS:
+                self.run(f"knockout-{window}", task, progress, config={"window": window},
+                         edit_for=...)   # any per-batch hook run_condition accepts
+            return with_change(self.loc_cls(f"knockout-{window}"), base)
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..adapter import VLM
+from ..data import Sample
+from ..evaluate import run_condition, summarize
+from ..families import TASKS, Task
+from ..store import ResultsStore
+
+__all__ = [
+    "SIZE_ORDER",
+    "Experiment",
+    "RunParams",
+    "Timings",
+    "by_size",
+    "loc_cls",
+    "rate",
+    "sample_rng",
+    "with_change",
+]
+
+#: COCO's size classes, smallest first (METHODS.md "Data").
+SIZE_ORDER: tuple[str, ...] = ("small", "medium", "large")
+
+
+def rate(x: float) -> float:
+    """Round a percentage for a summary: 4 decimals keep the SE meaningful and the JSON readable."""
+    return round(float(x), 4)
+
+
+def sample_rng(seed: int, tag: str, sample_id: str) -> np.random.Generator:
+    """A generator fixed by (seed, what it is for, which sample): independent of batching and resuming."""
+    return np.random.default_rng([int(seed), zlib.crc32(tag.encode()), zlib.crc32(sample_id.encode())])
+
+
+@dataclass(kw_only=True)
+class RunParams:
+    """What every experiment needs besides the model, the samples and the store.
+
+    ``config`` keys every condition's records (weights, dtype, data, n_samples, seed, ...); a
+    condition adds its own settings to it. ``extra`` is copied into the chapter's summary (e.g.
+    the size of a reference set), so the JSON says how it was made.
+    """
+
+    config: dict
+    seed: int = 0
+    batch_size: int = 16
+    max_new_tokens: int = 24
+    extra: dict = field(default_factory=dict)
+
+
+class Timings(dict[str, float]):
+    """Seconds per part of an experiment; timing the same part again adds to it.
+
+    A notebook often runs a part in two calls (some ablations, then the rest), and the summary
+    must report the time of both, not of the last.
+    """
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Add the wall-clock time of the ``with`` block to ``self[name]``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = self.get(name, 0.0) + time.perf_counter() - t0
+
+    def rounded(self) -> dict[str, float]:
+        """The timings to 0.1 s, for the summary JSON."""
+        return {k: round(v, 1) for k, v in self.items()}
+
+
+def loc_cls(records: Mapping[Task, Sequence[dict]]) -> dict:
+    """Loc and Cls with their standard errors (percent) from one condition's records on both tasks."""
+    loc = summarize(records["localization"], "localization")
+    cls = summarize(records["classification"], "classification")
+    return {
+        "loc": rate(loc["loc"]),
+        "loc_se": rate(loc["loc_se"]),
+        "cls": rate(cls["rate"]),
+        "cls_se": rate(cls["se"]),
+        "unparsable": int(loc["unparsable"]),
+        "n": int(loc["n"]),
+    }
+
+
+def with_change(entry: Mapping, base: Mapping) -> dict:
+    """``entry`` with ``d_loc`` and ``d_cls``, its change from the baseline in points."""
+    return {**entry, "d_loc": rate(entry["loc"] - base["loc"]), "d_cls": rate(entry["cls"] - base["cls"])}
+
+
+def _round(x: float, nd: int) -> float | None:
+    return None if x is None or np.isnan(x) else round(float(x), nd)
+
+
+def by_size(records: Mapping[Task, Sequence[dict]]) -> pd.DataFrame:
+    """Loc and Cls (with SE and n) per COCO size class present in one condition's records.
+
+    The paper finds small objects hardest; every chapter can ask whether an intervention hurts
+    them more.
+    """
+    rows = []
+    for size in SIZE_ORDER:
+        loc_r = [r for r in records.get("localization", ()) if r.get("size") == size]
+        cls_r = [r for r in records.get("classification", ()) if r.get("size") == size]
+        if not loc_r and not cls_r:
+            continue
+        row: dict[str, Any] = {"size": size}
+        if loc_r:
+            s = summarize(loc_r, "localization")
+            row.update(
+                {
+                    "Loc %": _round(s["loc"], 2),
+                    "Loc SE": _round(s["loc_se"], 2),
+                    "mean IoU": _round(s["mean_iou"], 3),
+                }
+            )
+        if cls_r:
+            s = summarize(cls_r, "classification")
+            row.update({"Cls %": _round(s["rate"], 2), "Cls SE": _round(s["se"], 2)})
+        row["n"] = max(len(loc_r), len(cls_r))
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("size") if rows else pd.DataFrame()
+
+
+class Experiment:
+    """Runs named conditions for one model and sample set, resumably, and summarizes them."""
+
+    def __init__(self, vlm: VLM, samples: Sequence[Sample], params: RunParams, store: ResultsStore) -> None:
+        if not samples:
+            raise ValueError(f"{type(self).__name__} needs at least one sample; check n_samples")
+        self.vlm = vlm
+        self.samples = list(samples)
+        self.params = params
+        self.store = store
+        self.records: dict[tuple[str, Task], list[dict]] = {}
+        self.timings = Timings()
+        self._masks: dict[str, np.ndarray] = {}
+
+    def mask(self, sample: Sample) -> np.ndarray:
+        """The object mask, decoded once per batch (a small cache: COCO masks are large)."""
+        if sample.sample_id not in self._masks:
+            if len(self._masks) >= 64:
+                self._masks.clear()
+            self._masks[sample.sample_id] = sample.mask()
+        return self._masks[sample.sample_id]
+
+    def config(self, **extra: Any) -> dict:
+        """The run's config with a condition's own settings: what keys its records."""
+        return {**self.params.config, **extra}
+
+    def run(
+        self,
+        condition: str,
+        task: Task,
+        progress: bool = True,
+        config: Mapping[str, Any] | None = None,
+        **hooks: Any,
+    ) -> list[dict]:
+        """Run ``condition`` on ``task`` over the samples (resuming stored records); returns every record.
+
+        ``config`` holds the condition's settings, which key its records. ``hooks`` are how the
+        condition reaches the model, batch by batch (today ``edit_for``, the per-sample token
+        edit); they go to :func:`vlmloc.evaluate.run_condition` unchanged, so a new kind of hook
+        needs no change here. A condition without hooks is the unedited model.
+        """
+        p = self.params
+        recs = run_condition(
+            self.vlm,
+            self.samples,
+            task,
+            self.store,
+            condition,
+            self.config(**(config or {}), max_new_tokens=p.max_new_tokens),
+            batch_size=p.batch_size,
+            max_new_tokens=p.max_new_tokens,
+            progress=progress,
+            **hooks,
+        )
+        self.records[(condition, task)] = recs
+        return recs
+
+    def run_both(
+        self, condition: str, progress: bool = True, config: Mapping[str, Any] | None = None, **hooks: Any
+    ) -> dict:
+        """:meth:`run` on both tasks; returns the condition's :func:`loc_cls` entry."""
+        for task in TASKS:
+            self.run(condition, task, progress, config, **hooks)
+        return self.loc_cls(condition)
+
+    def task_records(self, condition: str) -> dict[Task, list[dict]]:
+        """``{task: records}`` of a condition that has run (on the tasks it ran on)."""
+        return {t: recs for (c, t), recs in self.records.items() if c == condition}
+
+    def baseline(self, progress: bool = True) -> dict:
+        """The unedited model on both tasks (run once, then read back); its Loc/Cls entry."""
+        with self.timings.timed("baseline"):
+            for task in TASKS:
+                if ("baseline", task) not in self.records:
+                    self.run("baseline", task, progress)
+        return self.loc_cls("baseline")
+
+    def loc_cls(self, condition: str) -> dict:
+        """Loc/Cls with SEs of a condition that has run on both tasks."""
+        return loc_cls(self.task_records(condition))
+
+    def by_size(self, condition: str = "baseline") -> pd.DataFrame:
+        """Loc and Cls per size class of a condition that has run (see :func:`by_size`)."""
+        return by_size(self.task_records(condition))

@@ -1,0 +1,667 @@
+"""Chapter 3, InternVL's two views: the thumbnail carries space, the tiles carry detail.
+
+InternVL-3.5 sees an image twice: as up to 12 high-resolution local tiles and as one global
+thumbnail (last in the sequence). The paper ablates the object's tokens in one view at a time
+(Table 3, InternVL-3.5-8B): the thumbnail costs 36.4 points of Loc, the tiles 9.7. Small objects
+are sensitive to both views; large objects localize from the thumbnail, and removing their tile
+tokens even raises Loc by 6.5 points.
+
+This module reuses chapter 2's machinery (mean-embedding replacement, seeded random controls,
+index layouts, resumable conditions) and adds what is new here (METHODS.md "Views (InternVL)"):
+
+- **size classes by the object's share of its image**, scaled to COCO's typical 640x480
+  (:func:`size_class`), and an area filter lowered to 0.1% (:data:`MIN_AREA_FRAC`);
+- **which objects can take part**: only those in images with both a thumbnail and tiles (a
+  one-tile image has no thumbnail), drawn stratified by size (:func:`select_stratified`);
+- **view-restricted token sets** (:func:`view_token_sets`): the object's tokens in the thumbnail,
+  in the tiles, in both, and random tokens of the same count within the same view kind;
+- a synthetic set whose size range reaches small objects (:func:`views_dataset`).
+
+    exp = ViewAblation(vlm, samples, sizes, ViewParams(config, mean), store)
+    summary = exp.run_all()                  # baseline + :data:`CONDITIONS`, overall and by size
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..adapter import VLM
+from ..data import Sample
+from ..evaluate import EditFor, run_condition
+from ..families import TASKS
+from ..geometry import ImageLayout, View
+from ..interventions import random_indices, replace_with
+from ..paper import MODELS, RESULTS, VIEWS_BY_SIZE, VIEWS_CONDITIONS
+from ..params import ParameterError
+from ..store import ResultsStore
+from .base import loc_cls, rate, sample_rng, with_change
+from .ch02_containerization import index_layout
+
+__all__ = [
+    "CONDITIONS",
+    "MIN_AREA_FRAC",
+    "MIN_FINDING_N",
+    "SIZE_CLASSES",
+    "Selection",
+    "SingleViewModelError",
+    "ViewAblation",
+    "ViewParams",
+    "by_size_table",
+    "findings",
+    "has_both_views",
+    "multi_view_ids",
+    "reference_samples",
+    "require_multi_view",
+    "results_table",
+    "select_stratified",
+    "size_class",
+    "view_token_sets",
+    "views_dataset",
+    "views_table",
+]
+
+#: Ablated token sets: the object's tokens in the thumbnail, the tiles, both; random controls.
+CONDITIONS: tuple[str, ...] = ("global", "local", "both", "random_global", "random_local")
+SIZE_CLASSES: tuple[str, ...] = ("small", "medium", "large")
+LABELS = {
+    "baseline": "baseline",
+    "global": "object, thumbnail only",
+    "local": "object, tiles only",
+    "both": "object, both views",
+    "random_global": "random, thumbnail",
+    "random_local": "random, tiles",
+}
+#: Our condition -> the paper's (InternVL-3.5-8B): Table 3 for one view, Table 1 for both.
+PAPER_CONDITION = VIEWS_CONDITIONS
+PAPER_MODEL = "OpenGVLab/InternVL3_5-8B-HF"
+
+#: METHODS.md "Views": size classes by the object's share of its image, scaled to 640x480.
+REFERENCE_PIXELS = 640 * 480
+SMALL_MAX_SHARE = 32**2 / REFERENCE_PIXELS  # 0.33%
+LARGE_MIN_SHARE = 96**2 / REFERENCE_PIXELS  # 3.0%
+#: The area filter of this chapter (chapters 1-2 keep 1%): small objects must pass it.
+MIN_AREA_FRAC = 0.001
+#: A size class with fewer objects gets no finding.
+MIN_FINDING_N = 30
+#: The chapter's synthetic set: the usual generator with its size ranges (fractions of the
+#: image's short side) extended down from 0.12 / 0.10, so that small objects exist (METHODS.md).
+FIRST_SIZE: tuple[float, float] = (0.05, 0.75)
+DISTRACTOR_SIZE: tuple[float, float] = (0.05, 0.35)
+N_IMAGES = 500
+#: Model families whose images are seen in several views (tiles and a thumbnail).
+MULTI_VIEW_FAMILIES: tuple[str, ...] = ("internvl",)
+
+
+class SingleViewModelError(ParameterError):
+    """The chapter needs a model that sees an image in several views."""
+
+
+def multi_view_ids() -> list[str]:
+    """Registered model ids of a family with several views (InternVL)."""
+    from ..registry import get_spec, model_ids
+
+    return [m for m in model_ids() if get_spec(m).family in MULTI_VIEW_FAMILIES]
+
+
+def require_multi_view(model_id: str) -> None:
+    """Raise :class:`SingleViewModelError` (one sentence) for a single-view model, before it is loaded."""
+    from ..registry import get_spec
+
+    family = get_spec(model_id).family
+    if family not in MULTI_VIEW_FAMILIES:
+        raise SingleViewModelError(
+            f"this chapter compares an image's views, but {model_id} ({family}) sees each image in one "
+            f"view; run it with a model that has several views: {', '.join(multi_view_ids())}."
+        )
+
+
+def size_class(sample: Sample) -> str:
+    """``small`` / ``medium`` / ``large`` by the object's share of its image (METHODS.md "Views")."""
+    share = sample.area / (sample.width * sample.height)
+    if share < SMALL_MAX_SHARE:
+        return "small"
+    return "large" if share > LARGE_MIN_SHARE else "medium"
+
+
+def has_both_views(views: Sequence[View]) -> bool:
+    """Whether an image is seen as tiles *and* a thumbnail (a one-tile InternVL image is not)."""
+    kinds = {v.kind for v in views}
+    return "global" in kinds and "local" in kinds
+
+
+def views_dataset(n_images: int = N_IMAGES, root: str | Path | None = None) -> tuple[Path, Path]:
+    """``(annotations, images)`` of this chapter's synthetic set (the held-out seed, sizes from 0.05).
+
+    Written once into the same cache as the embedded set, under its own folder name; the embedded
+    set of chapters 1-2 is untouched.
+    """
+    from ..synthetic import EVAL_SEED, embedded_dataset
+
+    return embedded_dataset(n_images, EVAL_SEED, root, first_size=FIRST_SIZE, distractor_size=DISTRACTOR_SIZE)
+
+
+@dataclass
+class Selection:
+    """The evaluated objects and how they were drawn: counts per size class at each step."""
+
+    samples: list[Sample]
+    sizes: dict[str, str]  # sample_id -> size class
+    pool: dict[str, int]  # objects passing the data filter
+    qualified: dict[str, int]  # ... of them in images with tiles and a thumbnail
+    drawn: dict[str, int]
+
+    def table(self) -> pd.DataFrame:
+        rows = [
+            {
+                "size": c,
+                "objects (filter)": self.pool.get(c, 0),
+                "in multi-view images": self.qualified.get(c, 0),
+                "drawn": self.drawn.get(c, 0),
+            }
+            for c in SIZE_CLASSES
+        ]
+        df = pd.DataFrame(rows).set_index("size")
+        df.loc["all"] = df.sum()
+        return df
+
+
+def select_stratified(
+    samples: Sequence[Sample],
+    n: int,
+    views_of: Callable[[tuple[int, int]], Sequence[View]],
+    classify: Callable[[Sample], str] = size_class,
+) -> Selection:
+    """Draw up to ``n`` objects of multi-view images, stratified by size class.
+
+    ``samples`` come in their seeded order (:func:`vlmloc.data.load_coco` shuffles them); the draw
+    goes round-robin over :data:`SIZE_CLASSES`, taking each class's next qualifying object, so the
+    classes get equal shares while they last and a short class leaves its share to the others.
+    """
+    queues: dict[str, list[Sample]] = {c: [] for c in SIZE_CLASSES}
+    pool = dict.fromkeys(SIZE_CLASSES, 0)
+    sizes = {}
+    for s in samples:
+        c = classify(s)
+        pool[c] += 1
+        if has_both_views(views_of((s.width, s.height))):
+            queues[c].append(s)
+            sizes[s.sample_id] = c
+    qualified = {c: len(q) for c, q in queues.items()}
+    chosen: list[Sample] = []
+    heads = dict.fromkeys(SIZE_CLASSES, 0)
+    while len(chosen) < n and any(heads[c] < len(queues[c]) for c in SIZE_CLASSES):
+        for c in SIZE_CLASSES:
+            if len(chosen) < n and heads[c] < len(queues[c]):
+                chosen.append(queues[c][heads[c]])
+                heads[c] += 1
+    return Selection(
+        samples=chosen,
+        sizes={s.sample_id: sizes[s.sample_id] for s in chosen},
+        pool=pool,
+        qualified=qualified,
+        drawn=heads,
+    )
+
+
+def reference_samples(every: Sequence[Sample], evaluated: Sequence[Sample], n: int) -> list[Sample]:
+    """One object each of up to ``n`` images no evaluated object comes from, from the end of the list."""
+    taken = {s.image_id for s in evaluated}
+    out, seen = [], set()
+    for s in reversed(every):
+        if len(out) >= n:
+            break
+        if s.image_id not in taken and s.image_id not in seen:
+            out.append(s)
+            seen.add(s.image_id)
+    return out
+
+
+def view_token_sets(layout: ImageLayout, mask: np.ndarray, seed: int, sample_id: str) -> dict[str, Any]:
+    """The index sets of :data:`CONDITIONS` for one object, plus the view sizes.
+
+    ``global``: the object's tokens in the thumbnail; ``local``: in the tiles; ``both``: all of
+    them. ``random_global`` draws as many thumbnail tokens as ``global`` has, uniformly from the
+    thumbnail; ``random_local`` as many tile tokens as ``local`` has, from all tiles. Draws are
+    seeded per object (:func:`vlmloc.containerization.sample_rng`).
+    """
+    if not has_both_views(layout.views):
+        raise ValueError(
+            f"object {sample_id} is in an image with one view; this chapter needs tiles and a thumbnail"
+        )
+    g = layout.object_indices(mask, kind="global")
+    loc = layout.object_indices(mask, kind="local")
+    return {
+        "global": g,
+        "local": loc,
+        "both": layout.object_indices(mask),
+        "random_global": random_indices(
+            layout, len(g), sample_rng(seed, "random_global", sample_id), "global"
+        ),
+        "random_local": random_indices(
+            layout, len(loc), sample_rng(seed, "random_local", sample_id), "local"
+        ),
+        "n_visual": layout.n_tokens,
+        "n_global": sum(v.n_tokens for v in layout.views_of_kind("global")),
+        "n_local": sum(v.n_tokens for v in layout.views_of_kind("local")),
+    }
+
+
+def _mean_key(mean: torch.Tensor) -> str:
+    m = mean.float()
+    return f"{m.numel()}:{float(m.norm()):.6g}:{float(m.sum()):.6g}"
+
+
+@dataclass
+class ViewParams:
+    """``config`` keys the records (weights, data, seed, ...); ``mean`` is the replacement vector."""
+
+    config: dict
+    mean: torch.Tensor
+    seed: int = 0
+    batch_size: int = 16
+    max_new_tokens: int = 24
+    extra: dict = field(default_factory=dict)  # copied into the summary
+
+
+class ViewAblation:
+    """Runs chapter 3's conditions for one multi-view model, resumably, overall and by size class."""
+
+    def __init__(
+        self,
+        vlm: VLM,
+        samples: Sequence[Sample],
+        sizes: Mapping[str, str],
+        params: ViewParams,
+        store: ResultsStore,
+    ) -> None:
+        if not samples:
+            raise ValueError("ViewAblation needs at least one sample; check n_samples and the data")
+        self.vlm = vlm
+        self.samples = list(samples)
+        self.sizes = dict(sizes)
+        missing = [s.sample_id for s in self.samples if s.sample_id not in self.sizes]
+        if missing:
+            raise ValueError(f"no size class for {len(missing)} sample(s), e.g. {missing[0]}")
+        self.params = params
+        self.store = store
+        self.sets: dict[str, dict[str, Any]] = {}
+        self.records: dict[tuple[str, str], list[dict]] = {}
+        self.timings: dict[str, float] = {}
+
+    def token_sets(self) -> dict[str, dict[str, Any]]:
+        """Per sample: the index sets of :func:`view_token_sets` (computed once)."""
+        if not self.sets:
+            for s in self.samples:
+                lay = index_layout(self.vlm, s)
+                self.sets[s.sample_id] = view_token_sets(lay, s.mask(), self.params.seed, s.sample_id)
+        return self.sets
+
+    def edit(self, name: str) -> EditFor:
+        """Replace set ``name`` of :data:`CONDITIONS` by the mean visual embedding."""
+        if name not in CONDITIONS:
+            raise ValueError(f"unknown condition {name!r}; use one of {CONDITIONS}")
+        sets, mean = self.token_sets(), self.params.mean
+
+        def edit_for(sample: Sample, layout: ImageLayout):
+            return replace_with(layout, sets[sample.sample_id][name], mean)
+
+        return edit_for
+
+    def run(
+        self, condition: str, task: str, edit_for: EditFor | None, progress: bool, **extra: Any
+    ) -> list[dict]:
+        p = self.params
+        recs = run_condition(
+            self.vlm,
+            self.samples,
+            task,
+            self.store,
+            condition,
+            {**p.config, **extra, "max_new_tokens": p.max_new_tokens},
+            batch_size=p.batch_size,
+            edit_for=edit_for,
+            max_new_tokens=p.max_new_tokens,
+            progress=progress,
+        )
+        self.records[(condition, task)] = recs
+        return recs
+
+    def token_share(self, name: str) -> float:
+        """Mean share (%) of an image's visual tokens that set ``name`` replaces."""
+        return float(np.mean([100 * len(v[name]) / v["n_visual"] for v in self.token_sets().values()]))
+
+    def entry(self, condition: str) -> dict:
+        """Loc and Cls with SE and n, overall and under ``by_size``, for a condition that has run."""
+        loc_recs = self.records[(condition, "localization")]
+        cls_recs = self.records[(condition, "classification")]
+        out = loc_cls({"localization": loc_recs, "classification": cls_recs})
+        out["by_size"] = {}
+        for c in SIZE_CLASSES:
+            lr = [r for r in loc_recs if self.sizes[r["sample_id"]] == c]
+            cr = [r for r in cls_recs if self.sizes[r["sample_id"]] == c]
+            if lr and cr:
+                out["by_size"][c] = loc_cls({"localization": lr, "classification": cr})
+        return out
+
+    def baseline(self, progress: bool = True) -> dict:
+        t0 = time.perf_counter()
+        for task in TASKS:
+            self.run("baseline", task, None, progress)
+        self.timings.setdefault("baseline", time.perf_counter() - t0)
+        return self.entry("baseline")
+
+    def ablation(self, progress: bool = True, names: Sequence[str] = CONDITIONS) -> dict:
+        """Each of ``names`` replaced by the mean, both tasks; entries carry the change from the baseline."""
+        base = self.baseline(progress)
+        self.token_sets()
+        t0 = time.perf_counter()
+        out = {}
+        mk = _mean_key(self.params.mean)
+        for name in names:
+            for task in TASKS:
+                self.run(
+                    f"views-{name}", task, self.edit(name), progress, ablate=name, replacement="mean", mean=mk
+                )
+            e = _with_change(self.entry(f"views-{name}"), base)
+            out[name] = {**e, "token_share": rate(self.token_share(name))}
+        self.timings["ablation"] = self.timings.get("ablation", 0.0) + time.perf_counter() - t0
+        return out
+
+    def summary(self, ablation: Mapping) -> dict:
+        sets = self.token_sets().values()
+        return {
+            "model_id": self.vlm.model_id,
+            "n_samples": len(self.samples),
+            "seed": self.params.seed,
+            "baseline": self.entry("baseline"),
+            "ablation": dict(ablation),
+            "sizes": {c: sum(v == c for v in self.sizes.values()) for c in SIZE_CLASSES},
+            "tokens": {
+                "thumbnail_per_image": rate(np.mean([v["n_global"] for v in sets])),
+                "tiles_per_image": rate(np.mean([v["n_local"] for v in sets])),
+                "object_in_thumbnail": rate(np.mean([len(v["global"]) for v in sets])),
+                "object_in_tiles": rate(np.mean([len(v["local"]) for v in sets])),
+            },
+            "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
+            **self.params.extra,
+        }
+
+    def run_all(self, progress: bool = True) -> dict:
+        return self.summary(self.ablation(progress))
+
+
+def _with_change(entry: dict, base: Mapping) -> dict:
+    out = with_change(entry, base)
+    out["by_size"] = {
+        c: with_change(e, base["by_size"][c])
+        for c, e in entry.get("by_size", {}).items()
+        if c in base.get("by_size", {})
+    }
+    return out
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+
+def _cell(value: float, se: float | None = None, change: float | None = None) -> str:
+    text = f"{value:.1f}"
+    if se is not None:
+        text += f" ± {se:.1f}"
+    if change is not None:
+        text += f" {'↑' if change > 0 else '↓'}{abs(change):.1f}"
+    return text
+
+
+def _paper(condition: str) -> dict | None:
+    name = PAPER_CONDITION.get(condition)
+    return RESULTS[PAPER_MODEL].get(name) if name else None
+
+
+def _paper_cell(condition: str, key: str) -> str:
+    p, b = _paper(condition), RESULTS[PAPER_MODEL]["baseline"]
+    if p is None or p.get(key) is None:
+        return "—"
+    if condition == "baseline":
+        return f"{p[key]:.2f}"
+    return _cell(p[key], change=p[key] - b[key]).replace(f"{p[key]:.1f}", f"{p[key]:.2f}", 1)
+
+
+def _conditions(summary: Mapping) -> list[tuple[str, Mapping]]:
+    return [("baseline", summary["baseline"])] + [
+        (c, summary["ablation"][c]) for c in CONDITIONS if c in summary["ablation"]
+    ]
+
+
+def views_table(summary: Mapping) -> pd.DataFrame:
+    """Table 3's form, over all sizes: condition, tokens replaced, Loc and Cls ± SE (change); paper beside."""
+    model, paper = summary["model_id"], MODELS[PAPER_MODEL]
+    rows = []
+    for name, e in _conditions(summary):
+        base = name == "baseline"
+        rows.append(
+            {
+                "condition": LABELS[name],
+                "tokens %": "0" if base else f"{e['token_share']:.1f}",
+                f"Loc % ({model})": _cell(e["loc"], e["loc_se"], None if base else e["d_loc"]),
+                f"Cls % ({model})": _cell(e["cls"], e["cls_se"], None if base else e["d_cls"]),
+                f"{paper} Loc (paper)": _paper_cell(name, "loc"),
+                f"{paper} Cls (paper)": _paper_cell(name, "cls"),
+            }
+        )
+    return pd.DataFrame(rows).set_index("condition")
+
+
+def _paper_size_note(size: str, condition: str) -> str:
+    p = VIEWS_BY_SIZE.get(size, {}).get(condition)
+    if not p:
+        return ""
+    number = f" (Loc ↑{p['d_loc']:.1f})" if p.get("d_loc") else ""
+    return f"{p['statement']}{number}"
+
+
+def by_size_table(summary: Mapping) -> pd.DataFrame:
+    """Loc and Cls ± SE (change from the size's baseline) per condition and size class, n in the header.
+
+    The last column quotes what the paper says per size (it reports one number: large objects
+    gain 6.5 points of Loc without their tile tokens).
+    """
+    sizes = [c for c in SIZE_CLASSES if c in summary["baseline"].get("by_size", {})]
+    rows = []
+    for name, e in _conditions(summary):
+        base = name == "baseline"
+        row: dict[str, str] = {"condition": LABELS[name]}
+        for c in sizes:
+            n = summary["baseline"]["by_size"][c]["n"]
+            se = e.get("by_size", {}).get(c)
+            if se is None:
+                row[f"{c} (n={n}) Loc %"] = row[f"{c} (n={n}) Cls %"] = "—"
+                continue
+            b = summary["baseline"]["by_size"][c]
+            for key, t in (("loc", "Loc"), ("cls", "Cls")):
+                change = None if base else se[key] - b[key]
+                row[f"{c} (n={n}) {t} %"] = _cell(se[key], se[f"{key}_se"], change)
+        notes = [f"{c}: {t}" for c in SIZE_CLASSES if (t := _paper_size_note(c, name))]
+        row[f"{MODELS[PAPER_MODEL]} (paper)"] = "; ".join(notes) or "—"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("condition")
+
+
+def results_table(collected: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:
+    """The results page: every model's chapter-3 conditions, overall and by size, the paper beside."""
+    rows = []
+    paper = MODELS[PAPER_MODEL]
+    for model, chapters in sorted(collected.items()):
+        summ = chapters.get("03_views")
+        if not summ:
+            continue
+        for name, e in _conditions(summ):
+            p = _paper(name)
+            row = {
+                "model": model,
+                "condition": LABELS[name],
+                "n": e.get("n"),
+                "Loc %": e["loc"],
+                "Loc SE": e["loc_se"],
+                "Cls %": e["cls"],
+                "Cls SE": e["cls_se"],
+            }
+            for c in SIZE_CLASSES:
+                s = e.get("by_size", {}).get(c)
+                row[f"Loc {c}"] = s["loc"] if s else None
+                row[f"Cls {c}"] = s["cls"] if s else None
+            row[f"{paper} Loc (paper)"] = p["loc"] if p else None
+            row[f"{paper} Cls (paper)"] = p["cls"] if p else None
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --- findings ----------------------------------------------------------------------------------
+
+
+def _se(*ses: float) -> float:
+    return math.sqrt(sum(s * s for s in ses))
+
+
+def _drops(base: Mapping, e: Mapping, key: str) -> bool:
+    """Does ``e`` fall below ``base`` on ``key`` by more than 2 standard errors?"""
+    return base[key] - e[key] > 2 * _se(base[f"{key}_se"], e[f"{key}_se"])
+
+
+def _rises(base: Mapping, e: Mapping, key: str) -> bool:
+    return e[key] - base[key] > 2 * _se(base[f"{key}_se"], e[f"{key}_se"])
+
+
+def _can_drop(base: Mapping, key: str) -> bool:
+    """Is the baseline far enough above zero (2 SE, at least 2 points) for a drop to show?"""
+    return base[key] >= 2 * max(base[f"{key}_se"], 1.0)
+
+
+_NAMES = {"loc": "Loc", "cls": "Cls"}
+
+
+def _finding_task(summary: Mapping, key: str) -> str:
+    """Overall: does the thumbnail matter more than the tiles for ``key``, as in the paper?"""
+    m, b, a = summary["model_id"], summary["baseline"], summary["ablation"]
+    g, loc = a["global"], a["local"]
+    t = _NAMES[key]
+    pb, pg, pl = (RESULTS[PAPER_MODEL][PAPER_CONDITION[c]][key] for c in ("baseline", "global", "local"))
+    paper = f"InternVL-3.5-8B: {t} {pb:.2f}→{pg:.2f} for the thumbnail, →{pl:.2f} for the tiles"
+    head = (
+        f"On {m} ({b['n']} objects), removing the object from the thumbnail moves {t} {b[key]:.1f}→{g[key]:.1f}% "
+        f"and from the tiles to {loc[key]:.1f}%"
+    )
+    if not _can_drop(b, key):
+        return (
+            head
+            + f"; the baseline {t} is too low for a drop to show, so this run cannot test the paper ({paper})."
+        )
+    thumb = b[key] - g[key]
+    tiles = b[key] - loc[key]
+    diff_se = _se(g[f"{key}_se"], loc[f"{key}_se"])
+    if thumb - tiles > 2 * diff_se and _drops(b, g, key):
+        verdict = "the thumbnail matters more than the tiles, as in the paper"
+    elif tiles - thumb > 2 * diff_se and _drops(b, loc, key):
+        verdict = "the tiles matter more than the thumbnail, unlike the paper"
+    elif _drops(b, g, key) or _drops(b, loc, key):
+        verdict = "both views matter about equally (within 2 standard errors), unlike the paper's clear order"
+    else:
+        verdict = "neither view's tokens matter beyond 2 standard errors, unlike the paper"
+    return head + f"; {verdict} ({paper})."
+
+
+def _finding_controls(summary: Mapping) -> str:
+    m, a = summary["model_id"], summary["ablation"]
+    g, loc, rg, rl = a["global"], a["local"], a["random_global"], a["random_local"]
+    head = (
+        f"On {m}, as many random tokens in the same view leave Loc at "
+        f"{rg['loc']:.1f}% (thumbnail) and {rl['loc']:.1f}% (tiles), Cls {rg['cls']:.1f}% and {rl['cls']:.1f}%, "
+        f"against {g['loc']:.1f}/{loc['loc']:.1f}% and {g['cls']:.1f}/{loc['cls']:.1f}% for the object's own tokens"
+    )
+    specific = [
+        f"{_NAMES[k]} in the {view}"
+        for view, obj, rnd in (("thumbnail", g, rg), ("tiles", loc, rl))
+        for k in ("loc", "cls")
+        if rnd[k] - obj[k] > 2 * _se(obj[f"{k}_se"], rnd[f"{k}_se"])
+    ]
+    if not specific:
+        return head + "; no drop is specific to the object beyond 2 standard errors."
+    return (
+        head + f"; the drop is specific to the object for {', '.join(specific)} (beyond 2 standard errors)."
+    )
+
+
+def _finding_size(summary: Mapping, size: str) -> str:
+    m = summary["model_id"]
+    b = summary["baseline"]["by_size"].get(size)
+    n = b["n"] if b else 0
+    if n < MIN_FINDING_N:
+        return (
+            f"Only {n} {size} objects were evaluated on {m} (fewer than {MIN_FINDING_N}), so this run draws no "
+            f"conclusion about them."
+        )
+    g = summary["ablation"]["global"]["by_size"][size]
+    loc = summary["ablation"]["local"]["by_size"][size]
+    parts, effects = [], {}
+    for key in ("loc", "cls"):
+        t = _NAMES[key]
+        parts.append(f"{t} {b[key]:.1f}→{g[key]:.1f}% (thumbnail) / {loc[key]:.1f}% (tiles)")
+        effects[key] = {
+            "testable": _can_drop(b, key),
+            "global": _drops(b, g, key),
+            "local": _drops(b, loc, key),
+            "local_rises": _rises(b, loc, key),
+        }
+    head = f"For the {n} {size} objects on {m}: " + ", ".join(parts)
+    if size == "small":
+        untestable = [_NAMES[k] for k, e in effects.items() if not e["testable"]]
+        tail = f" ({' and '.join(untestable)} too low at baseline to drop)" if untestable else ""
+        both = [_NAMES[k] for k, e in effects.items() if e["testable"] and e["global"] and e["local"]]
+        one = [
+            f"{_NAMES[k]} drops only without the {'thumbnail' if e['global'] else 'tiles'}"
+            for k, e in effects.items()
+            if e["testable"] and e["global"] != e["local"]
+        ]
+        if both:
+            verdict = f"small objects are sensitive to both views for {' and '.join(both)}, as in the paper"
+        elif one:
+            verdict = f"{' and '.join(one)}, where the paper finds small objects sensitive to both views"
+        else:
+            verdict = "neither view's removal moves small objects beyond 2 standard errors, unlike the paper"
+        return head + f"; {verdict}{tail}."
+    if size == "large":
+        e = effects["loc"]
+        if not e["testable"]:
+            return head + "; the baseline Loc of large objects is too low to test the paper's claim."
+        thumb = (
+            "Loc depends on the thumbnail, as in the paper,"
+            if e["global"]
+            else "Loc does not drop without the thumbnail, unlike the paper,"
+        )
+        if e["local_rises"]:
+            tiles = "and rises without the tiles, as in the paper (InternVL-3.5-8B: Loc ↑6.5)"
+        elif e["local"]:
+            tiles = "and drops without the tiles, where the paper sees it rise by 6.5 points"
+        else:
+            tiles = "and stays within 2 standard errors without the tiles (the paper: Loc ↑6.5)"
+        return head + f"; {thumb} {tiles}."
+    return head + " (the paper gives no statement for medium objects)."
+
+
+def findings(summary: Mapping) -> dict[str, str]:
+    """One sentence each: Loc and Cls by view, the random controls, small and large objects."""
+    return {
+        "loc": _finding_task(summary, "loc"),
+        "cls": _finding_task(summary, "cls"),
+        "controls": _finding_controls(summary),
+        "small": _finding_size(summary, "small"),
+        "large": _finding_size(summary, "large"),
+    }

@@ -1,0 +1,503 @@
+"""Chapter 5, attention knockout: in which decoder layers does the text read the object?
+
+METHODS.md "Attention knockout": every position after the image span (the prompt text and every
+generated token) is kept from attending to a set of visual tokens, in all heads of a window of
+``window`` consecutive layers that slides over depth by ``stride``, and in all layers at once.
+Three token sets per window:
+
+- **object**: the object's tokens (every view; chapter 1's mask-to-token rule);
+- **random**: as many visual tokens drawn uniformly (the control; the same draw as chapter 2's);
+- **image**: every visual token (the upper bound: the text sees no image in that window).
+
+Generation holds the block on every step (:class:`~vlmloc.interventions.AttentionKnockout`).
+Token sets are index sets over the image's visual tokens, fixed per sample and seed, so a
+resumed run blocks exactly what an uninterrupted one would.
+
+    exp = Knockout(vlm, samples, KnockoutParams(config, window=4, stride=1), store)
+    summary = exp.run_all()    # written to 05_attention_knockout.json
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..adapter import VLM, Prefix
+from ..data import Sample
+from ..evaluate import InterventionsFor, PrefixFor, run_condition
+from ..families import TASKS
+from ..geometry import ImageLayout
+from ..interventions import AttentionKnockout, layer_windows, random_indices
+from ..paper import KNOCKOUT_LAYERS, MODELS, N_LAYERS, knockout_layers
+from ..store import ResultsStore
+from .base import loc_cls, rate, sample_rng, with_change
+from .ch02_containerization import index_layout
+
+__all__ = [
+    "CHAPTER",
+    "PAPER_MODEL",
+    "TOKEN_SETS",
+    "Knockout",
+    "KnockoutParams",
+    "critical_windows",
+    "harm_depth",
+    "depth_finding",
+    "knockout_table",
+    "most_harmful",
+    "paper_finding",
+    "query_from",
+    "results_table",
+    "task_finding",
+    "window_label",
+]
+
+CHAPTER = "05_attention_knockout"
+#: Blocked token sets: the object, the random control, the whole image (upper bound).
+TOKEN_SETS: tuple[str, ...] = ("object", "random", "image")
+#: The paper model whose knockout range a family is compared with.
+PAPER_MODEL: dict[str, str] = {
+    "llava": "llava-hf/llava-1.5-7b-hf",
+    "internvl": "OpenGVLab/InternVL3_5-8B-HF",
+}
+#: Which rate each task is scored by in a summary entry.
+KEY = {"localization": "loc", "classification": "cls"}
+NAME = {"localization": "Loc", "classification": "Cls"}
+
+
+def window_label(first: int, last: int) -> str:
+    """``"0-3"`` for layers 0..3."""
+    return f"{first}-{last}"
+
+
+def query_from(layout: ImageLayout) -> int:
+    """The first position after the image span: the first query the knockout blocks."""
+    return int(layout.positions.max()) + 1
+
+
+@dataclass
+class KnockoutParams:
+    """What the experiment needs besides the model, the samples and the store.
+
+    ``config`` keys every condition's records (weights, dtype, data, n_samples, seed, ...);
+    the token set and the layers are added per condition.
+    """
+
+    config: dict
+    seed: int = 0
+    window: int = 4
+    stride: int = 1
+    batch_size: int = 16
+    max_new_tokens: int = 24
+    reuse_prefix: bool = True  # run the image prefix once per batch for all conditions (exact)
+    extra: dict = field(default_factory=dict)  # copied into the summary
+
+
+def _se(*ses: float) -> float:
+    """Standard error of a difference, treating the conditions as independent (conservative when paired)."""
+    return math.sqrt(sum(s * s for s in ses))
+
+
+class Knockout:
+    """Runs chapter 5's conditions for one model and sample set, resumably, and summarizes them."""
+
+    def __init__(
+        self, vlm: VLM, samples: Sequence[Sample], params: KnockoutParams, store: ResultsStore
+    ) -> None:
+        if not samples:
+            raise ValueError("the knockout needs at least one sample; check n_samples")
+        self.vlm = vlm
+        self.samples = list(samples)
+        self.params = params
+        self.store = store
+        self.windows = layer_windows(vlm.n_layers, params.window, params.stride)
+        self.sets: dict[str, dict[str, np.ndarray]] = {}
+        self.records: dict[tuple[str, str], list[dict]] = {}
+        self.timings: dict[str, float] = {}
+        self._prefixes: dict[bytes, Prefix] = {}
+
+    # --- what is blocked where -----------------------------------------------------------------
+    def layer_sets(self) -> dict[str, list[int]]:
+        """``{"0-3": [0, 1, 2, 3], ..., "all": [0 .. n_layers - 1]}`` in the order of the plots."""
+        out = {window_label(a, b): list(range(a, b + 1)) for a, b in self.windows}
+        out["all"] = list(range(self.vlm.n_layers))
+        return out
+
+    def token_sets(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per sample: indices (into the visual tokens) of ``object``, ``random`` and ``image``."""
+        if not self.sets:
+            for s in self.samples:
+                lay = index_layout(self.vlm, s)
+                obj = lay.object_indices(s.mask())
+                self.sets[s.sample_id] = {
+                    "object": obj,
+                    "random": random_indices(
+                        lay, len(obj), sample_rng(self.params.seed, "random", s.sample_id)
+                    ),
+                    "image": np.arange(lay.n_tokens),
+                }
+        return self.sets
+
+    def interventions_for(self, token_set: str, layers: Sequence[int]) -> InterventionsFor:
+        """A batch's knockout of ``token_set`` in ``layers``, in absolute positions per row."""
+        if token_set not in TOKEN_SETS:
+            raise ValueError(f"unknown token set {token_set!r}; use one of {TOKEN_SETS}")
+        sets = self.token_sets()
+
+        def build(chunk: Sequence[Sample], layouts: Sequence[ImageLayout]) -> list[AttentionKnockout]:
+            keys = [
+                lay.positions[sets[s.sample_id][token_set]] for s, lay in zip(chunk, layouts, strict=True)
+            ]
+            return [AttentionKnockout(layers, keys, [query_from(lay) for lay in layouts])]
+
+        return build
+
+    def prefix_for(self) -> PrefixFor | None:
+        """The batch's image prefix, computed once and reused by every condition of the batch.
+
+        Exact: a knockout blocks queries from the first position after the image span on, so no
+        position before it (in any row) changes; the prefix ends at the earliest such position.
+        """
+        if not self.params.reuse_prefix:
+            return None
+
+        def get(chunk: Sequence[Sample], enc: Any, layouts: Sequence[ImageLayout]) -> Prefix:
+            key = enc["input_ids"].cpu().numpy().tobytes()
+            if key not in self._prefixes:
+                self._prefixes[key] = self.vlm.prefix(enc, min(query_from(lay) for lay in layouts))
+            return self._prefixes[key]
+
+        return get
+
+    def run(
+        self,
+        condition: str,
+        task: str,
+        build: InterventionsFor | None,
+        progress: bool,
+        samples: Sequence[Sample] | None = None,
+        **extra: Any,
+    ) -> list[dict]:
+        """One condition on one task through :func:`vlmloc.evaluate.run_condition` (resumable).
+
+        ``samples``: a subset to run now (one batch); the records kept are all of the condition's.
+        """
+        p = self.params
+        recs = run_condition(
+            self.vlm,
+            self.samples if samples is None else samples,
+            task,
+            self.store,
+            condition,
+            {**p.config, **extra, "max_new_tokens": p.max_new_tokens},
+            batch_size=p.batch_size,
+            max_new_tokens=p.max_new_tokens,
+            progress=progress,
+            interventions_for=build,
+            prefix_for=None if build is None else self.prefix_for(),
+        )
+        if samples is None:
+            self.records[(condition, task)] = recs
+        return recs
+
+    # --- experiments ---------------------------------------------------------------------------
+    def _loc_cls(self, condition: str) -> dict:
+        return loc_cls({task: self.records[(condition, task)] for task in TASKS})
+
+    def baseline(self, progress: bool = True) -> dict:
+        t0 = time.perf_counter()
+        for task in TASKS:
+            self.run("baseline", task, None, progress)
+        self.timings.setdefault("baseline", time.perf_counter() - t0)
+        return self._loc_cls("baseline")
+
+    def conditions(self, token_sets: Sequence[str] = TOKEN_SETS) -> list[tuple[str, str, list[int]]]:
+        """``(token set, window label, layers)`` of every knockout condition."""
+        unknown = [n for n in token_sets if n not in TOKEN_SETS]
+        if unknown:
+            raise ValueError(f"unknown token set(s) {unknown}; use some of {TOKEN_SETS}")
+        return [(n, label, layers) for n in token_sets for label, layers in self.layer_sets().items()]
+
+    def knockout(self, progress: bool = True, token_sets: Sequence[str] = TOKEN_SETS) -> dict:
+        """``{token set: {window: {loc, cls, loc_se, cls_se, n, d_loc, d_cls}}}`` over every window and "all".
+
+        Batch by batch: every condition runs on one batch before the next batch starts, so the
+        batch's image prefix is computed once (``reuse_prefix``) and only one batch's is held.
+        """
+        base = self.baseline(progress)
+        conds = self.conditions(token_sets)
+        t0 = time.perf_counter()
+        bs = self.params.batch_size
+        chunks = [self.samples[i : i + bs] for i in range(0, len(self.samples), bs)]
+        bar = tqdm(total=len(chunks) * len(conds) * len(TASKS), desc="knockout", disable=not progress)
+        for chunk in chunks:
+            for task in TASKS:
+                for name, label, layers in conds:
+                    build = self.interventions_for(name, layers)
+                    self.run(f"ko-{name}-{label}", task, build, False, chunk, block=name, layers=layers)
+                    bar.update()
+            self._prefixes.clear()
+        bar.close()
+        out: dict[str, dict] = {}
+        for name, label, layers in conds:
+            for task in TASKS:  # every record is there now: this only reads them back
+                build = self.interventions_for(name, layers)
+                self.run(f"ko-{name}-{label}", task, build, False, block=name, layers=layers)
+            out.setdefault(name, {})[label] = with_change(self._loc_cls(f"ko-{name}-{label}"), base)
+        self.timings["knockout"] = time.perf_counter() - t0
+        return out
+
+    def token_share(self, name: str) -> float:
+        """Mean share (%) of an image's visual tokens a set blocks."""
+        sets = self.token_sets()
+        return float(np.mean([100 * len(v[name]) / len(v["image"]) for v in sets.values()]))
+
+    def summary(self, knockout: Mapping) -> dict:
+        paper_model = PAPER_MODEL[self.vlm.spec.family]
+        first, last = knockout_layers(paper_model, self.vlm.n_layers)
+        out = {
+            "model_id": self.vlm.model_id,
+            "n_samples": len(self.samples),
+            "seed": self.params.seed,
+            "n_layers": self.vlm.n_layers,
+            "window": self.params.window,
+            "stride": self.params.stride,
+            "windows": list(self.layer_sets()),
+            "token_share": {n: rate(self.token_share(n)) for n in TOKEN_SETS},
+            "baseline": self._loc_cls("baseline"),
+            "knockout": dict(knockout),
+            "paper": {
+                "model": MODELS[paper_model],
+                "words": KNOCKOUT_LAYERS[paper_model]["words"],
+                "fraction": list(KNOCKOUT_LAYERS[paper_model]["fraction"]),  # type: ignore[arg-type]
+                "layers": [first, last],
+                "paper_layers": list(knockout_layers(paper_model, N_LAYERS[paper_model])),
+            },
+            "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
+            **self.params.extra,
+        }
+        out["most_harmful"] = {task: most_harmful(out, task) for task in TASKS}
+        out["critical"] = {task: critical_windows(out, task) for task in TASKS}
+        out["harm_depth"] = {task: harm_depth(out, task) for task in TASKS}
+        return out
+
+    def run_all(self, progress: bool = True) -> dict:
+        return self.summary(self.knockout(progress))
+
+
+# --- tables and findings ---------------------------------------------------------------------
+
+
+def _windows(summary: Mapping) -> list[str]:
+    return [w for w in summary["windows"] if w != "all"]
+
+
+def _first(label: str) -> int:
+    return int(label.split("-")[0])
+
+
+def _inside(label: str, layers: Sequence[int]) -> bool:
+    """Does the window's centre lie in the inclusive layer range?"""
+    a, b = (int(x) for x in label.split("-"))
+    return layers[0] <= (a + b) / 2 <= layers[1]
+
+
+def most_harmful(summary: Mapping, task: str) -> dict:
+    """The window (not "all") whose object knockout leaves the lowest score of ``task``.
+
+    ``beyond_random``: the object's score is below the random control's by more than 2 standard
+    errors; ``in_paper_range``: the window's centre lies in the paper's range scaled to this depth.
+    """
+    k = KEY[task]
+    ko = summary["knockout"]
+    wins = _windows(summary)
+    if not wins:
+        return {"window": None}
+    best = min(wins, key=lambda w: (ko["object"][w][k], _first(w)))
+    obj, rnd = ko["object"][best], ko["random"][best]
+    base = summary["baseline"]
+    return {
+        "window": best,
+        "score": obj[k],
+        "drop": rate(base[k] - obj[k]),
+        "random": rnd[k],
+        "beyond_random": bool(rnd[k] - obj[k] > 2 * _se(obj[f"{k}_se"], rnd[f"{k}_se"])),
+        "in_paper_range": _inside(best, summary["paper"]["layers"]),
+    }
+
+
+def harm_depth(summary: Mapping, task: str) -> float | None:
+    """The mean depth (layer index of the window's centre) weighted by what blocking the object
+    costs ``task`` there beyond the random control: a rule-free summary of where a task reads the
+    object (None when no window costs anything)."""
+    k = KEY[task]
+    ko = summary["knockout"]
+    w = {x: max(0.0, ko["random"][x][k] - ko["object"][x][k]) for x in _windows(summary)}
+    total = sum(w.values())
+    if total <= 0:
+        return None
+    return round(sum(sum(int(v) for v in x.split("-")) / 2 * c for x, c in w.items()) / total, 2)
+
+
+def critical_windows(summary: Mapping, task: str) -> list[str]:
+    """Windows that matter for ``task``: blocking the object there costs more than 2 SE against
+    both the baseline and the random control, and at least half of the task's largest drop.
+
+    The half-maximum rule separates the windows a task *needs* from those that only dent it, so
+    that the two tasks' ranges can be compared (on a toy every window may cost a few points).
+    """
+    k = KEY[task]
+    base, ko = summary["baseline"], summary["knockout"]
+    wins = _windows(summary)
+    drops = {w: base[k] - ko["object"][w][k] for w in wins}
+    top = max(drops.values(), default=0.0)
+    out = []
+    for w in wins:
+        obj, rnd = ko["object"][w], ko["random"][w]
+        below_base = drops[w] > 2 * _se(base[f"{k}_se"], obj[f"{k}_se"])
+        below_rnd = rnd[k] - obj[k] > 2 * _se(rnd[f"{k}_se"], obj[f"{k}_se"])
+        if below_base and below_rnd and drops[w] >= top / 2:
+            out.append(w)
+    return out
+
+
+def _cell(e: Mapping, k: str) -> str:
+    return f"{e[k]:.1f} ± {e[f'{k}_se']:.1f}"
+
+
+def knockout_table(summary: Mapping) -> pd.DataFrame:
+    """Per window (and "all"): Loc and Cls with SE when the object, random tokens or the image is blocked."""
+    ko, b = summary["knockout"], summary["baseline"]
+    rows = [
+        {
+            "layers": "none (baseline)",
+            **{f"{NAME[t]} {n}": _cell(b, KEY[t]) for t in TASKS for n in TOKEN_SETS},
+        }
+    ]
+    for w in summary["windows"]:
+        rows.append(
+            {
+                "layers": w,
+                **{
+                    f"{NAME[t]} {n}": _cell(ko[n][w], KEY[t])
+                    for t in TASKS
+                    for n in TOKEN_SETS
+                    if w in ko.get(n, {})
+                },
+            }
+        )
+    return pd.DataFrame(rows).set_index("layers")
+
+
+def task_finding(summary: Mapping, task: str) -> str:
+    """One sentence: which windows matter for ``task``, against random tokens and the whole image."""
+    m, k, name = summary["model_id"], KEY[task], NAME[task]
+    b, ko = summary["baseline"], summary["knockout"]
+    mh = most_harmful(summary, task)
+    if mh["window"] is None:
+        return f"On {m}, no layer window fits the depth; only the all-layer knockout was run."
+    w = mh["window"]
+    crit = critical_windows(summary, task)
+    allk = ko["object"]["all"][k]
+    head = (
+        f"On {m}, blocking the text from the object's tokens hurts {task} most in layers {w} "
+        f"({name} {b[k]:.1f}→{mh['score']:.1f}%, random tokens {mh['random']:.1f}%, "
+        f"whole image {ko['image'][w][k]:.1f}%; all layers {allk:.1f}%)"
+    )
+    if b[k] < 2 * max(b[f"{k}_se"], 1.0):
+        return head + f"; the baseline {name} is too low for a drop to show."
+    if not crit:
+        return (
+            head + "; no window costs more than 2 standard errors beyond both the baseline and random tokens."
+        )
+    return (
+        head
+        + f"; the windows that cost at least half of that drop, beyond 2 SE of baseline and random tokens: {', '.join(crit)}."
+    )
+
+
+def depth_finding(summary: Mapping) -> str:
+    """One sentence: does localization need later layers than classification?"""
+    m = summary["model_id"]
+    crit = {t: critical_windows(summary, t) for t in TASKS}
+    if not crit["localization"] or not crit["classification"]:
+        none = " and ".join(t for t in TASKS if not crit[t])
+        return (
+            f"On {m}, no window matters beyond 2 standard errors for {none}, so this run cannot say whether "
+            "localization needs later layers than classification (the paper: both share early layers, "
+            "localization needs more)."
+        )
+    depth = {t: harm_depth(summary, t) for t in TASKS}
+    last = {t: max(_first(w) for w in crit[t]) for t in TASKS}
+    first = {t: min(_first(w) for w in crit[t]) for t in TASKS}
+    shared = sorted(set(crit["localization"]) & set(crit["classification"]), key=_first)
+    head = (
+        f"On {m}, the object's tokens matter for localization in windows {', '.join(crit['localization'])} and "
+        f"for classification in {', '.join(crit['classification'])}"
+        + (f" (shared: {', '.join(shared)})" if shared else " (none shared)")
+        + f"; weighted by the cost beyond random tokens, localization reads the object at mean layer "
+        f"{depth['localization']:.1f} and classification at {depth['classification']:.1f}"
+    )
+    if last["localization"] > last["classification"]:
+        tail = (
+            "; localization's windows reach later layers than classification's, as the paper reports "
+            "(recognition, then localization)."
+        )
+    elif last["localization"] == last["classification"] and first["localization"] == first["classification"]:
+        tail = "; both tasks need the same layers, unlike the paper, where localization needs further layers."
+    else:
+        tail = "; localization does not need later layers than classification, unlike the paper."
+    return head + tail
+
+
+def paper_finding(summary: Mapping) -> str:
+    """One sentence: where the most harmful windows sit against the paper's range scaled by depth."""
+    m, p = summary["model_id"], summary["paper"]
+    mh = {t: most_harmful(summary, t) for t in TASKS}
+    lo, hi = p["layers"]
+    range_ = f"{p['words']} ({p['model']}; at {summary['n_layers']} layers, layers {lo}-{hi})"
+    if any(mh[t]["window"] is None for t in TASKS):
+        return f"On {m}, there are no sliding windows to compare with the paper's {range_}."
+    parts = [f"{NAME[t]} {mh[t]['window']}" for t in TASKS]
+    inside = [mh[t]["in_paper_range"] for t in TASKS]
+    where = "inside" if all(inside) else "outside" if not any(inside) else "partly inside"
+    return f"On {m}, the most harmful windows ({', '.join(parts)}) lie {where} the paper's {range_}."
+
+
+def results_table(collected: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:
+    """For the results page: per model and task, the most harmful window beside the paper's range.
+
+    ``collected`` is :func:`vlmloc.report.collect_summaries`'s ``{model: {chapter: summary}}``.
+    """
+    rows = []
+    for model, chapters in sorted(collected.items()):
+        s = chapters.get(CHAPTER)
+        if not s:
+            continue
+        p = s["paper"]
+        for task in TASKS:
+            mh = s["most_harmful"][task]
+            k = KEY[task]
+            rows.append(
+                {
+                    "model": model,
+                    "task": task,
+                    "most harmful window": mh["window"],
+                    "% there (baseline)": f"{NAME[task]} {mh['score']:.1f} ({s['baseline'][k]:.1f})"
+                    if mh["window"]
+                    else "—",
+                    "random tokens there": f"{mh['random']:.1f}" if mh["window"] else "—",
+                    "windows needed": ", ".join(s["critical"][task]) or "none",
+                    "paper's range (scaled)": f"{p['words']} of {p['model']}: layers {p['layers'][0]}-{p['layers'][1]} "
+                    f"of {s['n_layers']}",
+                    "in range": "yes" if mh.get("in_paper_range") else "no",
+                    "n": s["n_samples"],
+                }
+            )
+    return pd.DataFrame(rows)

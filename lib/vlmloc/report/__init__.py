@@ -1,0 +1,10 @@
+"""Tables (ours beside the paper's) and one-sentence findings, one module per chapter.
+
+- :mod:`.common`: display and the small statistics every report shares;
+- :mod:`.ch01`: baselines and the control set; :mod:`.ch02`: ablation, padding and shuffling;
+- :mod:`.summary`: the results page across models and chapters.
+
+Everything takes plain records and summaries (what :mod:`vlmloc.evaluate` and the experiments
+produce), so the tables are testable without a model. Every paper number comes from
+:mod:`vlmloc.paper`; the findings are computed from the numbers, never hand-written.
+"""

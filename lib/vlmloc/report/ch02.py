@@ -1,0 +1,225 @@
+"""Chapter 2's tables and findings: ablation, padding and shuffling beside the paper's Tables 1 and 2.
+
+Everything takes the summary of :mod:`vlmloc.experiments.ch02_containerization` (or parts of it),
+so the tables are testable without a model. The paper's numbers, also those quoted in the
+findings, come from :mod:`vlmloc.paper`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import pandas as pd
+
+from ..experiments.ch02_containerization import ABLATIONS, PADDINGS, SHUFFLES
+from ..paper import INTERNVL_8B, LLAVA_7B, MODELS, RESULTS, conditions_of, paper_result
+from .common import can_drop, se_of_difference
+
+__all__ = [
+    "LABELS",
+    "PAPER_CONDITION",
+    "ablation_finding",
+    "ablation_table",
+    "padding_finding",
+    "padding_table",
+    "shuffle_finding",
+    "shuffle_table",
+]
+
+#: How the tables name each condition.
+LABELS = {
+    "baseline": "baseline",
+    "object": "object tokens",
+    "register": "register tokens",
+    "ig": "Integrated Gradients",
+    "random": "random tokens",
+    "object+1": "object +1 padding",
+    "object+2": "object +2 padding",
+    "global": "global shuffle",
+    "intra_object": "intra-object shuffle",
+}
+#: Our condition -> the paper's name in :data:`vlmloc.paper.RESULTS`.
+PAPER_CONDITION = conditions_of("baseline", "ablation", "shuffle")
+
+
+def _paper(model: str, condition: str) -> dict | None:
+    """The paper's numbers for our ``condition`` on ``model``; None if it reports none."""
+    return paper_result(model, PAPER_CONDITION.get(condition))
+
+
+def _cell(value: float, se: float | None = None, change: float | None = None) -> str:
+    text = f"{value:.2f}"
+    if se is not None:
+        text += f" ± {se:.2f}"
+    if change is not None:
+        text += f" {'↑' if change > 0 else '↓'}{abs(change):.1f}"
+    return text
+
+
+def _paper_cells(condition: str) -> dict[str, str]:
+    cells = {}
+    for mid, name in MODELS.items():
+        p, b = _paper(mid, condition), RESULTS[mid]["baseline"]
+        for task, key in (("Loc", "loc"), ("Cls", "cls")):
+            if p is None or p.get(key) is None:
+                cells[f"{name} {task}"] = "—"
+            elif condition == "baseline":
+                cells[f"{name} {task}"] = f"{p[key]:.2f}"
+            else:
+                cells[f"{name} {task}"] = _cell(p[key], change=p[key] - b[key])
+    return cells
+
+
+def _our_cells(entry: Mapping, base: bool = False) -> dict[str, str]:
+    return {
+        "Loc %": _cell(entry["loc"], entry["loc_se"], None if base else entry["d_loc"]),
+        "Cls %": _cell(entry["cls"], entry["cls_se"], None if base else entry["d_cls"]),
+    }
+
+
+def ablation_table(summary: Mapping) -> pd.DataFrame:
+    """The paper's Table 1 form: strategy (token share), Loc and Cls with SE and change; paper beside."""
+    model = summary["model_id"]
+    rows = [
+        {
+            "strategy": "baseline",
+            "tokens %": "0",
+            **_our_cells(summary["baseline"], True),
+            **_paper_cells("baseline"),
+        }
+    ]
+    for name in ABLATIONS:
+        e = summary["ablation"][name]
+        paper_share = (_paper(LLAVA_7B, name) or {}).get("share")
+        share = f"{e['token_share']:.1f}" + (f" (paper {paper_share:.0f})" if paper_share else "")
+        rows.append({"strategy": LABELS[name], "tokens %": share, **_our_cells(e), **_paper_cells(name)})
+    df = pd.DataFrame(rows).set_index("strategy")
+    return df.rename(columns={"Loc %": f"Loc % ({model})", "Cls %": f"Cls % ({model})"})
+
+
+def shuffle_table(summary: Mapping) -> pd.DataFrame:
+    """The paper's Table 2 form: baseline, global and intra-object shuffle, Loc and Cls; paper beside."""
+    model = summary["model_id"]
+    rows = [{"perturbation": "baseline", **_our_cells(summary["baseline"], True), **_paper_cells("baseline")}]
+    for kind in SHUFFLES:
+        rows.append(
+            {"perturbation": LABELS[kind], **_our_cells(summary["shuffle"][kind]), **_paper_cells(kind)}
+        )
+    df = pd.DataFrame(rows).set_index("perturbation")
+    return df.rename(columns={"Loc %": f"Loc % ({model})", "Cls %": f"Cls % ({model})"})
+
+
+def padding_table(padding: Mapping) -> pd.DataFrame:
+    """Predicted box area against p, beside the area of the container (the grown token cells' box)."""
+    rows = []
+    for p in PADDINGS:
+        e = padding[str(p)]
+        rows.append(
+            {
+                "p (rings)": p,
+                "predicted box % of image": "—"
+                if e["box_area"] is None
+                else _cell(e["box_area"], e["box_area_se"]),
+                "container box % of image": f"{e['container_area']:.1f}",
+                "boxes parsed": e["n_boxes"],
+                "Loc %": _cell(e["loc"], e["loc_se"]),
+            }
+        )
+    return pd.DataFrame(rows).set_index("p (rings)")
+
+
+#: How a finding ends when the baseline leaves no room for the drop the paper reports.
+_UNTESTABLE = "; the {what} too low for a drop to show, so this run cannot test the paper's claim."
+
+
+def _paper_ablation(model: str) -> str:
+    """The paper's object-token ablation for ``model`` in one clause (with the random control where reported)."""
+    r = RESULTS[model]
+    b, obj, rnd = r["baseline"], r["object_tokens"], r.get("random_tokens")
+    text = f"{MODELS[model]}: Loc {b['loc']:.2f}→{obj['loc']:.2f} and Cls {b['cls']:.2f}→{obj['cls']:.2f} for object"
+    if rnd is None:
+        return text + " tokens"
+    return text + f" vs {rnd['loc']:.2f} and {rnd['cls']:.2f} for random tokens"
+
+
+def ablation_finding(summary: Mapping) -> str:
+    """One sentence: does ablating the object hurt Loc and Cls more than random tokens, as in the paper?"""
+    m, b, a = summary["model_id"], summary["baseline"], summary["ablation"]
+    obj, rnd = a["object"], a["random"]
+    head = (
+        f"On {m}, replacing the object's tokens ({obj['token_share']:.1f}% of the image) by the mean moves Loc "
+        f"{b['loc']:.1f}→{obj['loc']:.1f}% and Cls {b['cls']:.1f}→{obj['cls']:.1f}%, against "
+        f"{rnd['loc']:.1f}% and {rnd['cls']:.1f}% for as many random tokens"
+    )
+    names = {"loc": "Loc", "cls": "Cls"}
+    testable = [t for t in ("loc", "cls") if can_drop(b, t)]
+    if not testable:
+        return head + _UNTESTABLE.format(what="baselines are")
+    hurt = [t for t in testable if rnd[t] - obj[t] > 2 * se_of_difference(obj[f"{t}_se"], rnd[f"{t}_se"])]
+    paper = _paper_ablation(INTERNVL_8B if "internvl" in m.lower() else LLAVA_7B)
+    untestable = (
+        "" if len(testable) == 2 else f" ({names[({'loc', 'cls'} - set(testable)).pop()]} is too low to drop)"
+    )
+    if hurt == testable:
+        which = " and ".join(names[t] for t in hurt)
+        return (
+            head
+            + f"; as in the paper ({paper}), the object's tokens matter far more for {which}{untestable}."
+        )
+    if hurt:
+        return head + (
+            f"; partly as in the paper ({paper}): the object's tokens matter more for {names[hurt[0]]} "
+            f"but not for {names[(set(testable) - set(hurt)).pop()]} beyond 2 standard errors."
+        )
+    return (
+        head
+        + f"; unlike the paper ({paper}), the object's tokens matter no more than random ones beyond 2 standard errors{untestable}."
+    )
+
+
+def padding_finding(summary: Mapping) -> str:
+    """One sentence: does the predicted box grow with the padding, as the paper reports?"""
+    m, pad = summary["model_id"], summary["padding"]
+    areas = [pad[str(p)]["box_area"] for p in PADDINGS]
+    ses = [pad[str(p)]["box_area_se"] for p in PADDINGS]
+    cont = [pad[str(p)]["container_area"] for p in PADDINGS]
+    shown = ", ".join("no box" if a is None or math.isnan(a) else f"{a:.1f}%" for a in areas)
+    head = (
+        f"On {m}, the mean predicted box covers {shown} of the image for p = 0, 1, 2 "
+        f"(the token container's box: {cont[0]:.1f}%, {cont[1]:.1f}%, {cont[2]:.1f}%)"
+    )
+    if any(a is None or math.isnan(a) for a in areas):
+        return (
+            head
+            + "; some conditions produced no parsable box, so the paper's growing boxes cannot be checked."
+        )
+    grows = areas[2] - areas[0] > 2 * se_of_difference(ses[0], ses[2]) and areas[1] >= areas[0] - ses[0]
+    return head + (
+        "; the boxes grow with the padding, as the paper reports for LLaVA-1.5-7B."
+        if grows
+        else "; the boxes do not grow with the padding beyond 2 standard errors, unlike the paper's LLaVA-1.5-7B."
+    )
+
+
+def shuffle_finding(summary: Mapping) -> str:
+    """One sentence: does a global shuffle break localization while an intra-object shuffle does not?"""
+    m, b, sh = summary["model_id"], summary["baseline"], summary["shuffle"]
+    g, i = sh["global"], sh["intra_object"]
+    head = (
+        f"On {m}, a global shuffle moves Loc {b['loc']:.1f}→{g['loc']:.1f}% and an intra-object shuffle "
+        f"to {i['loc']:.1f}% (Cls {g['cls']:.1f}% and {i['cls']:.1f}%, baseline {b['cls']:.1f}%)"
+    )
+    if not can_drop(b, "loc"):
+        return head + _UNTESTABLE.format(what="baseline Loc is")
+    global_breaks = b["loc"] - g["loc"] > 2 * se_of_difference(b["loc_se"], g["loc_se"])
+    intra_keeps = abs(b["loc"] - i["loc"]) <= 2 * se_of_difference(b["loc_se"], i["loc_se"])
+    p = {c: RESULTS[LLAVA_7B][c]["loc"] for c in ("baseline", "global_shuffle", "intra_object_shuffle")}
+    paper = f"{MODELS[LLAVA_7B]}: {p['baseline']:.2f}→{p['global_shuffle']:.2f}"
+    if global_breaks and intra_keeps:
+        tail = f"; as in the paper ({paper} global, {p['intra_object_shuffle']:.2f} intra-object), only the global shuffle breaks localization."
+    elif global_breaks:
+        tail = "; the global shuffle breaks localization as in the paper, but unlike there the intra-object shuffle also moves Loc beyond 2 standard errors."
+    else:
+        tail = f"; unlike the paper ({paper}), the global shuffle does not break localization beyond 2 standard errors."
+    return head + tail

@@ -1,0 +1,33 @@
+"""What every chapter's report shares: display, rounding and the statistics of a difference."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["can_drop", "number", "se_of_difference", "styled"]
+
+
+def number(x: Any, nd: int = 2) -> float | None:
+    """``x`` rounded for a table; None (an em dash on display) for a missing or NaN value."""
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) else round(x, nd)
+
+
+def styled(table: pd.DataFrame, precision: int = 2):
+    """A table for display: fixed decimals and an em dash where a number is not reported."""
+    return table.style.format(precision=precision, na_rep="—")
+
+
+def se_of_difference(*ses: float) -> float:
+    """Standard error of a difference, treating the conditions as independent (conservative when paired)."""
+    return math.sqrt(sum(s * s for s in ses))
+
+
+def can_drop(baseline: Any, key: str) -> bool:
+    """Is the baseline rate ``key`` far enough above zero (2 SE, at least 2 points) for a drop to show?"""
+    return baseline[key] >= 2 * max(baseline[f"{key}_se"], 1.0)
