@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 import vlmloc
-from vlmloc import mediation as md
-from vlmloc import mediation_report as mr
+from vlmloc.experiments import ch06_mediation as md
+from vlmloc.families import TASKS
 from vlmloc.inpaint import inpaint
+from vlmloc.paper import INTERNVL_8B, LLAVA_7B, MEDIATION_LAYERS, MODELS, N_HEADS, N_LAYERS
+from vlmloc.report import ch06 as mr
 from vlmloc.sweeps import head_patch_scores
 
 # --------------------------------------------------------------------------- fixtures
@@ -203,15 +205,16 @@ def test_missing_control_set_names_the_command(tmp_path):
 
 
 def test_the_paper_band_is_the_papers_layers_on_its_own_models():
-    assert mr.paper_band("llava", 32) == list(range(11, 17))
-    assert mr.paper_band("internvl", 36) == list(range(16, 23))
-    assert mr.paper_band("llava", 8) == [2, 3, 4]
+    for model, family in ((LLAVA_7B, "llava"), (INTERNVL_8B, "internvl")):
+        first, last = MEDIATION_LAYERS[model]
+        assert mr.paper_band(family, N_LAYERS[model]) == list(range(first, last + 1))
+    assert mr.paper_band("llava", 8) == [2, 3, 4]  # LLaVA's band (about 34-53% of depth) on 8 layers
     assert mr.paper_band("nope", 8) == []
 
 
 def test_cost_model_orders_the_methods_and_respects_memory(toy_llava):
     table = mr.cost_table(mr.H100, n_pairs=50)
-    for model in ("LLaVA-1.5-7B", "InternVL-3.5-8B"):
+    for model in (MODELS[LLAVA_7B], MODELS[INTERNVL_8B]):
         t = table.loc[model]
         assert t.loc["exact sweep", "TFLOP"] > 10 * t.loc["exact, prefix reused", "TFLOP"]
         assert t.loc["exact, prefix reused", "TFLOP"] > t.loc["attribution patching", "TFLOP"]
@@ -219,7 +222,7 @@ def test_cost_model_orders_the_methods_and_respects_memory(toy_llava):
         assert (t["GPU hours"] > 0).all()
     small = mr.cost_table(mr.GPU("small", 24, 100, 1.0))
     assert (small["batch"] <= table["batch"]).all()
-    g = mr.REAL_GEOMETRIES["llava-hf/llava-1.5-7b-hf"]
+    g = mr.REAL_GEOMETRIES[LLAVA_7B]
     # one full forward of LLaVA-1.5-7B's decoder: ~2 x 6.5e9 parameters x ~630 tokens
     assert 7e12 < g.decoder_flops(g.prefix + 50, 0, logits=False) < 1e13
     toy = mr.geometry_of(toy_llava, prefix=150, suffix={"classification": 5, "localization": 13})
@@ -231,8 +234,34 @@ def test_cost_model_orders_the_methods_and_respects_memory(toy_llava):
 def test_findings_name_the_model_and_the_paper():
     res = md.aggregate(_records([1.0, 1.0], [5.0, 9.0], [[1.0] + [5.0] * 15, [2.0] + [9.0] * 15]), 4, 4)
     text = mr.finding_map("toy-llava", "llava", "localization", res)
-    assert "toy-llava" in text and "LLaVA-1.5-7B, layers 11-16 of 32" in text
+    first, last = MEDIATION_LAYERS[LLAVA_7B]
+    assert (
+        "toy-llava" in text and f"{MODELS[LLAVA_7B]}, layers {first}-{last} of {N_LAYERS[LLAVA_7B]}" in text
+    )
     tops = {"classification": [[0, 0], [1, 1]], "localization": [[0, 0], [2, 2]]}
     text = mr.finding_overlap("toy-internvl", "internvl", tops, 64)
-    assert "share 1 (L0.H0)" in text and "InternVL-3.5-8B's 1,152 heads" in text
+    heads = N_LAYERS[INTERNVL_8B] * N_HEADS[INTERNVL_8B]
+    assert "share 1 (L0.H0)" in text and f"{MODELS[INTERNVL_8B]}'s {heads:,} heads" in text
     assert "top 1, 5 and 10" in mr.finding_sparsity("toy-llava", {"localization": res})
+
+
+def test_results_table_puts_each_model_beside_the_papers():
+    mf = np.zeros((8, 8))
+    mf[2:4, :5] = 1.0  # the top 10: five heads in each of layers 2 and 3
+    summary = {
+        "model_id": "toy-llava", "n_layers": 8, "n_heads": 8, "paper_band": [2, 3, 4],
+        "top10": {t: md.top_heads(mf, 10) for t in TASKS},
+        "sparsity": {t: md.sparsity(mf) for t in TASKS},
+        "attribution": {t: {"spearman": 0.5, "top10_overlap": 3} for t in TASKS},
+        "n_pairs": {t: {"used": 5, "dropped": 1} for t in TASKS},
+        "overlap": 2, "overlap_chance": md.chance_overlap(10, 64),
+    }  # fmt: skip
+    table = mr.results_table({"toy-llava": {md.CHAPTER: summary}, "other": {}})
+    assert list(table.index) == [
+        ("toy-llava", "this book"),
+        *((MODELS[m], "paper") for m in MEDIATION_LAYERS),
+    ]
+    assert table.loc[("toy-llava", "this book"), "in band (loc)"] == 10
+    assert table.loc[("toy-llava", "this book"), "top-10 layers (cls)"] == "2, 3"
+    first, last = MEDIATION_LAYERS[LLAVA_7B]
+    assert table.loc[(MODELS[LLAVA_7B], "paper"), "paper band"] == f"{first}-{last}"

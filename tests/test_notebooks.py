@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CH1 = "01_data_and_baselines"
 CH4 = "04_position_decoding"
 CH3 = "03_views"
+CH6 = "06_mediation"
+CH7 = "07_head_ablation"
 SMALL = 24  # objects per chapter run in the tests
 
 
@@ -190,6 +192,98 @@ def test_chapter3_stops_on_a_single_view_model_before_loading_it(tmp_path):
     assert not (tmp_path / "results").exists(), "nothing may be written for a model the chapter cannot run"
 
 
+# --------------------------------------------------------------------------- chapters 6 and 7 (heads)
+
+
+def _check_chapter6(out_nb: Path, results: Path, model_id: str, n_pairs: int) -> None:
+    summary = read_summary(results, model_id, CH6)
+    n_layers, n_heads = summary["n_layers"], summary["n_heads"]
+    for task in ("classification", "localization"):
+        mf = summary["mf"][task]
+        assert len(mf) == n_layers and all(len(row) == n_heads for row in mf)
+        top = summary["top10"][task]
+        assert len(top) == 10 and all(0 <= la < n_layers and 0 <= h < n_heads for la, h in top)
+        best = max(v for row in mf for v in row)
+        assert mf[top[0][0]][top[0][1]] == best
+        counts = summary["n_pairs"][task]
+        assert counts["used"] + counts["dropped"] == n_pairs and counts["used"] > 0
+        assert -1.0 <= summary["attribution"][task]["spearman"] <= 1.0
+        assert 0 <= summary["attribution"][task]["top10_overlap"] <= 10
+        assert summary["null"][task]["loop_exact"]
+        assert {"top1", "top5", "top10"} <= set(summary["sparsity"][task])
+    assert summary["overlap"] == len(summary["overlap_heads"]) <= 10
+    assert summary["seconds"]["exact"] > 0 and summary["seconds"]["attribution"] > 0
+    nb = _nb(out_nb)
+    images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 5, "pairs, MF maps, sparsity, controls and attribution figures"
+    text = _outputs_text(nb)
+    assert text.count("Finding.") >= 5 and "paper" in text
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("model_id", ["toy-llava", "toy-internvl"])
+def test_chapter6_builds_its_pairs_and_runs(model_id, tmp_path):
+    """On a clean results folder chapter 6 builds chapter 1's control set itself, then sweeps."""
+    results = tmp_path / "results"
+    out = chapters.execute(
+        CH6, model_id, out_dir=tmp_path / "runs", results_dir=results,
+        n_samples=SMALL, n_pairs=6, n_control_pairs=2,
+    )  # fmt: skip
+    assert (results / model_dirname(model_id) / "control_set" / "pairs.json").is_file()
+    _check_chapter6(out, results, model_id, 6)
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("model_id", ["toy-llava", "toy-internvl"])
+def test_chapter7_reads_chapter6_and_runs(model_id, tmp_path):
+    results = tmp_path / "results"
+    chapters.execute(
+        CH6, model_id, out_dir=tmp_path / "runs", results_dir=results,
+        n_samples=SMALL, n_pairs=4, n_control_pairs=0,
+    )  # fmt: skip
+    out = chapters.execute(
+        CH7, model_id, out_dir=tmp_path / "runs", results_dir=results,
+        n_samples=8, ks=[1, 5], n_draws=2, verdict_k=5,
+    )  # fmt: skip
+    s = read_summary(results, model_id, CH7)
+    ch6 = read_summary(results, model_id, CH6)
+    assert s["ablation"]["classification_heads"]["1"]["heads"] == ch6["top10"]["classification"][:1]
+    assert {"loc", "cls", "loc_se", "cls_se", "n"} <= set(s["baseline"])
+    for hs in ("classification_heads", "localization_heads", "random"):
+        for k in ("1", "5"):
+            e = s["ablation"][hs][k]
+            assert {"loc", "cls", "loc_se", "cls_se", "n"} <= set(e)
+            assert 0 <= e["loc"] <= 100 and 0 <= e["cls"] <= 100 and e["n"] == 8
+    assert len(s["draws"]["5"]) == 2
+    assert isinstance(s["verdict"]["recognition_then_localization"], bool)
+    nb = _nb(out)
+    assert any("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+    assert _outputs_text(nb).count("Finding.") >= 3
+
+
+@pytest.mark.notebooks
+def test_chapter7_without_chapter6_names_the_command(tmp_path):
+    import papermill as pm
+
+    with pytest.raises(pm.PapermillExecutionError) as info:
+        chapters.execute(CH7, "toy-llava", out_dir=tmp_path / "runs", results_dir=tmp_path / "results")
+    assert info.value.ename == "FileNotFoundError"
+    assert f"--chapters {CH1} {CH6} --models toy-llava" in info.value.evalue
+
+
+@pytest.mark.notebooks
+def test_chapter6_without_a_control_set_names_the_command(tmp_path):
+    import papermill as pm
+
+    with pytest.raises(pm.PapermillExecutionError) as info:
+        chapters.execute(
+            CH6, "toy-llava", out_dir=tmp_path / "runs", results_dir=tmp_path / "results",
+            build_control_set=False,
+        )  # fmt: skip
+    assert info.value.ename == "FileNotFoundError"
+    assert f"python -m vlmloc.chapters run --chapters {CH1} --models toy-llava" in info.value.evalue
+
+
 # --------------------------------------------------------------------------- bad parameters stop early
 
 BAD_PARAMETERS = {
@@ -299,7 +393,7 @@ def test_progress_is_a_parameter_of_every_chapter_and_on_by_default():
     """A person running a notebook gets progress bars; chapters.execute (the book) passes progress=False."""
     import papermill as pm
 
-    for name in (CH1, "02_containerization"):
+    for name in (CH1, "02_containerization", CH6, CH7):
         assert pm.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))["progress"]["default"] == "True"
 
 

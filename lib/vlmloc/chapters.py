@@ -157,6 +157,20 @@ CHAPTERS: tuple[Chapter, ...] = (
         experiment="ch05_attention_knockout",
     ),
     Chapter(
+        "06_mediation",
+        "Causal mediation",
+        "Which heads carry the effect?",
+        "activation patching, MF",
+        experiment="ch06_mediation",
+    ),
+    Chapter(
+        "07_head_ablation",
+        "Head ablation",
+        "Does localization need recognition first?",
+        "ablate top heads",
+        experiment="ch07_head_ablation",
+    ),
+    Chapter(
         "summary",
         "Results across models",
         "Toy vs LLaVA vs InternVL, beside the paper",
@@ -167,10 +181,7 @@ CHAPTERS: tuple[Chapter, ...] = (
 )
 
 #: The study's chapters still to write; an entry moves to :data:`CHAPTERS` with its notebook.
-PLANNED: tuple[Planned, ...] = (
-    Planned(6, "Causal mediation", "Which heads carry the effect?", "activation patching, MF"),
-    Planned(7, "Head ablation", "Does localization need recognition first?", "ablate top heads"),
-)
+PLANNED: tuple[Planned, ...] = ()
 
 
 class StageError(RuntimeError):

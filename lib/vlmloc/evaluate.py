@@ -25,7 +25,8 @@ log = logging.getLogger("vlmloc.evaluate")
 #: Builds the edit of one sample from its layout and batch row (None: no edit).
 EditFor = Callable[[Sample, ImageLayout], TokenEdit | None]
 #: Builds the interventions of one batch from its samples and layouts, in batch-row order
-#: (e.g. an :class:`~vlmloc.interventions.AttentionKnockout` whose keys are each row's positions).
+#: (e.g. an :class:`~vlmloc.interventions.AttentionKnockout` whose keys are each row's positions,
+#: or the same :class:`~vlmloc.interventions.HeadAblation` for every batch).
 InterventionsFor = Callable[[Sequence[Sample], Sequence[ImageLayout]], Sequence[Intervention]]
 #: The cached prefix of one encoded batch (see :meth:`VLM.prefix`), or None to run it in full.
 PrefixFor = Callable[[Sequence[Sample], Any, Sequence[ImageLayout]], Prefix | None]

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 __all__ = [
     "CONTROL_SET",
+    "HEAD_ABLATION",
     "LLAVA_7B",
     "INTERNVL_8B",
     "KNOCKOUT_LAYERS",
+    "MEDIATION_LAYERS",
+    "MEDIATION_PAIRS",
+    "MEDIATION_TOP10_OVERLAP",
     "MODELS",
+    "N_HEADS",
     "N_LAYERS",
     "POSITION_PEAKS",
     "POSITION_PROBES",
@@ -105,6 +110,12 @@ N_LAYERS: dict[str, int] = {
     LLAVA_7B: 32,
     INTERNVL_8B: 36,
 }
+#: Attention heads per decoder layer of the paper's models (32 x 32 = 1,024 heads in LLaVA-1.5-7B,
+#: 36 x 32 = 1,152 in InternVL-3.5-8B).
+N_HEADS: dict[str, int] = {
+    LLAVA_7B: 32,
+    INTERNVL_8B: 32,
+}
 
 #: Attention knockout (Section 3, as summarized in paper.md): "Using attention knockout (blocking
 #: attention to object tokens by layer groups), they found LLaVA relies on early-mid layers and
@@ -185,3 +196,23 @@ POSITION_PEAKS: dict[str, dict[str, int]] = {
 }
 #: The paper's probe training: 10 epochs on 50k ImageNet images, tested on 10k.
 POSITION_PROBES: dict[str, object] = {"epochs": 10, "n_train": 50_000, "n_test": 10_000, "data": "ImageNet"}
+
+
+#: Causal mediation per head (Section 3, chapter 6): the decoder layers (inclusive, as the paper
+#: names them) that hold the heads with the largest mediation fraction.
+MEDIATION_LAYERS: dict[str, tuple[int, int]] = {
+    LLAVA_7B: (11, 16),
+    INTERNVL_8B: (16, 22),
+}
+#: Heads shared by the top-10 lists of classification and localization (both models): "only 1-2".
+MEDIATION_TOP10_OVERLAP: tuple[int, int] = (1, 2)
+#: Source/base pairs of the mediation analysis.
+MEDIATION_PAIRS = 50
+
+#: Head ablation (Section 3, chapter 7): the paper states the outcome in words only, for both models,
+#: and ablates the top-k heads of each task for these k.
+HEAD_ABLATION: dict[str, object] = {
+    "claim": "ablating the classification-critical heads significantly cripples localization",
+    "models": (LLAVA_7B, INTERNVL_8B),
+    "ks": (1, 5, 10, 20),
+}

@@ -2,6 +2,8 @@
 
 - :mod:`.common`: display and the small statistics every report shares;
 - :mod:`.ch01`: baselines and the control set; :mod:`.ch02`: ablation, padding and shuffling;
+- :mod:`.ch06`: mediation maps, sparsity, overlap, controls, and the cost on the real models;
+  :mod:`.ch07`: head ablation and the recognition-then-localization verdict;
 - :mod:`.summary`: the results page across models and chapters.
 
 Everything takes plain records and summaries (what :mod:`vlmloc.evaluate` and the experiments

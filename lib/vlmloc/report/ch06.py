@@ -1,5 +1,7 @@
 """Chapter 6's tables, findings and cost model: what the mediation maps say, beside the paper.
 
+The numbers come from :mod:`vlmloc.experiments.ch06_mediation`; the paper's from :mod:`vlmloc.paper`.
+
 The findings are one sentence each, with the model named and the paper's number beside ours.
 The cost model counts the FLOPs and the memory of the three ways to get every head's MF on the
 real models (exact sweep, exact sweep with the prefix reused, attribution patching), so the
@@ -16,8 +18,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .mediation import MFResult, chance_overlap, overlap, overlap_p_value, sparsity, top_heads
-from .paper import MEDIATION, MEDIATION_TOP10_OVERLAP, MODELS
+from ..experiments.ch06_mediation import (
+    CHAPTER,
+    MFResult,
+    chance_overlap,
+    overlap,
+    overlap_p_value,
+    sparsity,
+    top_heads,
+)
+from ..paper import (
+    INTERNVL_8B,
+    LLAVA_7B,
+    MEDIATION_LAYERS,
+    MEDIATION_PAIRS,
+    MEDIATION_TOP10_OVERLAP,
+    MODELS,
+    N_HEADS,
+    N_LAYERS,
+)
+from ..registry import get_spec
 
 __all__ = [
     "GPU",
@@ -34,7 +54,8 @@ __all__ = [
     "method_costs",
     "paper_band",
     "paper_layers",
-    "summary_table",
+    "paper_model",
+    "results_table",
     "top_table",
     "toy_cost_table",
 ]
@@ -43,12 +64,17 @@ __all__ = [
 # --------------------------------------------------------------------------- the paper's layers
 
 
+def paper_model(family: str) -> str | None:
+    """The paper model of a model family whose mediation layers the paper reports, if any."""
+    return next((m for m in MEDIATION_LAYERS if get_spec(m).family == family), None)
+
+
 def paper_layers(family: str) -> tuple[str, tuple[int, int], int] | None:
     """``(paper model name, (first, last) layer, the paper model's layers)`` for a model family."""
-    for model_id, entry in MEDIATION.items():
-        if entry["family"] == family:
-            return MODELS[model_id], entry["layers"], entry["n_layers"]
-    return None
+    model_id = paper_model(family)
+    if model_id is None:
+        return None
+    return MODELS[model_id], MEDIATION_LAYERS[model_id], N_LAYERS[model_id]
 
 
 def paper_band(family: str, n_layers: int) -> list[int]:
@@ -129,12 +155,11 @@ def finding_overlap(
     shared = overlap(a, b)
     p = overlap_p_value(len(shared), k, n_heads_total)
     lo, hi = MEDIATION_TOP10_OVERLAP
-    ref = next((e for e in MEDIATION.values() if e["family"] == family), None)
+    ref = paper_model(family)
     paper = f"paper: {lo}-{hi} shared"
     if ref is not None:
-        total = ref["n_layers"] * ref["n_heads"]
-        name = paper_layers(family)[0]
-        paper += f" of {name}'s {total:,} heads, where chance gives {chance_overlap(k, total):.1f}"
+        total = N_LAYERS[ref] * N_HEADS[ref]
+        paper += f" of {MODELS[ref]}'s {total:,} heads, where chance gives {chance_overlap(k, total):.1f}"
     return (
         f"The top-{k} heads of classification and localization on {model_id} share {len(shared)}"
         + (f" ({_heads(shared)})" if shared else "")
@@ -281,14 +306,14 @@ def _tower_flops(layers: int, tokens: int, hidden: int, ffn: int, views: int) ->
 #: (3,328 tokens) after ~5. Suffixes: the rest of the prompt plus the answer, counted for a short
 #: class name (localization: ~26 prompt + ~24 box tokens for LLaVA, ~28 + ~28 for InternVL).
 REAL_GEOMETRIES: dict[str, Geometry] = {
-    "llava-hf/llava-1.5-7b-hf": Geometry(
-        "LLaVA-1.5-7B", layers=32, heads=32, kv_heads=32, hidden=4096, head_dim=128, ffn=11008, vocab=32064,
+    LLAVA_7B: Geometry(
+        MODELS[LLAVA_7B], layers=N_LAYERS[LLAVA_7B], heads=N_HEADS[LLAVA_7B], kv_heads=32, hidden=4096, head_dim=128, ffn=11008, vocab=32064,
         prefix=581, suffix={"classification": 15, "localization": 50},
         vision_flops=_tower_flops(24, 577, 1024, 4096, 1) + 2 * 576 * (1024 * 4096 + 4096 * 4096),
         weight_bytes=7.06e9 * 2,
     ),
-    "OpenGVLab/InternVL3_5-8B-HF": Geometry(
-        "InternVL-3.5-8B", layers=36, heads=32, kv_heads=8, hidden=4096, head_dim=128, ffn=12288, vocab=151936,
+    INTERNVL_8B: Geometry(
+        MODELS[INTERNVL_8B], layers=N_LAYERS[INTERNVL_8B], heads=N_HEADS[INTERNVL_8B], kv_heads=8, hidden=4096, head_dim=128, ffn=12288, vocab=151936,
         prefix=3333, suffix={"classification": 17, "localization": 56},
         vision_flops=_tower_flops(24, 1025, 1024, 4096, 13) + 2 * 3328 * (4096 * 4096 * 2),
         weight_bytes=8.5e9 * 2,
@@ -318,7 +343,10 @@ METHODS = ("exact sweep", "exact, prefix reused", "attribution patching")
 
 
 def method_costs(
-    g: Geometry, gpu: GPU | None, n_pairs: int = 50, tasks: Sequence[str] = ("classification", "localization")
+    g: Geometry,
+    gpu: GPU | None,
+    n_pairs: int = MEDIATION_PAIRS,
+    tasks: Sequence[str] = ("classification", "localization"),
 ) -> list[dict]:
     """FLOPs, batch and (with a ``gpu``) estimated time of the three methods for ``n_pairs`` pairs x ``tasks``.
 
@@ -377,7 +405,7 @@ def method_costs(
     return out
 
 
-def cost_table(gpu: GPU = H100, n_pairs: int = 50) -> pd.DataFrame:
+def cost_table(gpu: GPU = H100, n_pairs: int = MEDIATION_PAIRS) -> pd.DataFrame:
     """Estimated cost of each method for ``n_pairs`` pairs x 2 tasks on the real models, one ``gpu``."""
     rows = [r for g in REAL_GEOMETRIES.values() for r in method_costs(g, gpu, n_pairs)]
     return pd.DataFrame(rows).set_index(["model", "method"])
@@ -399,11 +427,14 @@ def toy_cost_table(toy: Geometry, measured: Mapping[str, float], n_pairs: int, b
 # --------------------------------------------------------------------------- the results page
 
 
-def summary_table(collected: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:
-    """One row per model that ran chapter 6 (``06_mediation.json``), the paper's models beside them."""
+def results_table(collected: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:
+    """For the results page: one row per model that ran chapter 6, the paper's models beside them.
+
+    ``collected`` is :func:`vlmloc.report.summary.collect_summaries`'s ``{model: {chapter: summary}}``.
+    """
     rows = []
     for model, chapters in sorted(collected.items()):
-        s = chapters.get("06_mediation")
+        s = chapters.get(CHAPTER)
         if not s:
             continue
         band = s.get("paper_band") or []
@@ -420,8 +451,8 @@ def summary_table(collected: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:
         row["paper band"] = f"{band[0]}-{band[-1]}" if band else ""
         rows.append(row)
     lo, hi = MEDIATION_TOP10_OVERLAP
-    for model_id, e in MEDIATION.items():
-        n = e["n_layers"] * e["n_heads"]
+    for model_id, (first, last) in MEDIATION_LAYERS.items():
+        n = N_LAYERS[model_id] * N_HEADS[model_id]
         rows.append({"model": MODELS[model_id], "source": "paper", "heads": n, "top-10 overlap": f"{lo}-{hi}",
-                     "chance": round(chance_overlap(10, n), 2), "paper band": f"{e['layers'][0]}-{e['layers'][1]}"})  # fmt: skip
+                     "chance": round(chance_overlap(10, n), 2), "paper band": f"{first}-{last}"})  # fmt: skip
     return pd.DataFrame(rows).set_index(["model", "source"])

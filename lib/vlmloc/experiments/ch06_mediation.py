@@ -19,6 +19,9 @@ Two ways to get it for every head:
 - **Attribution patching** (Nanda 2023; Syed et al. 2023): the first-order estimate from one
   forward and one backward of the base run, :func:`attribution_patching`.
 
+Tables, findings and the cost model on the real models are in :mod:`vlmloc.report.ch06`, the
+figures in :mod:`vlmloc.plots.mediation`::
+
     exp = Mediation(vlm, pairs, MediationParams(config), store)
     exact = exp.exact("localization")          # {sample_id: record}, resumable
     mf = aggregate(exact, vlm.n_layers, vlm.n_heads)
@@ -40,15 +43,17 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .control_set import build_control_set, control_dir, load_pairs
-from .evaluate import run_condition
-from .interventions.heads import Head, HeadRead, all_heads
-from .scoring import answer_scores, scored_answer, teacher_forced_inputs
-from .sites import SiteMap
-from .store import ResultsStore
-from .sweeps import _prefix_cache, _suffix_inputs, first_after_image, head_patch_scores
+from ..control_set import build_control_set, control_dir, load_pairs
+from ..interventions.heads import Head, HeadPatch, HeadRead, all_heads
+from ..scoring import answer_scores, scored_answer, teacher_forced_inputs
+from ..sites import SiteMap
+from ..store import ResultsStore
+from ..sweeps import _suffix_inputs, first_after_image, head_patch_scores
+from .base import Experiment, RunParams
 
 __all__ = [
+    "CH1",
+    "CHAPTER",
     "AttributionScores",
     "MFResult",
     "Mediation",
@@ -63,13 +68,17 @@ __all__ = [
     "ensure_control_set",
     "finite_difference",
     "mediation_pairs",
+    "overlap",
     "overlap_p_value",
+    "seconds",
     "spearman",
     "sparsity",
     "top_heads",
 ]
 
-TASKS = ("classification", "localization")
+CHAPTER = "06_mediation"
+#: Chapter 1, whose object-removal control set gives the pairs.
+CH1 = "01_data_and_baselines"
 
 
 # --------------------------------------------------------------------------- pairs
@@ -112,7 +121,7 @@ class MediationPair:
 
 def control_set_command(model_id: str) -> str:
     """The command that builds chapter 1's control set for ``model_id``."""
-    return f"python -m vlmloc.chapters run --chapters 01_data_and_baselines --models {model_id}"
+    return f"python -m vlmloc.chapters run --chapters {CH1} --models {model_id}"
 
 
 def mediation_pairs(results_dir: str | Path, model_id: str, n_pairs: int) -> list[MediationPair]:
@@ -136,25 +145,17 @@ def ensure_control_set(
 ) -> tuple[Path, bool]:
     """The control set's manifest, built exactly as chapter 1 builds it when it is missing.
 
-    Chapter 1's classification records of ``samples`` (store ``01_data_and_baselines``,
-    ``config`` as chapter 1 keys them) are reused when chapter 1 ran, computed otherwise, then
-    :func:`vlmloc.control_set.build_control_set` inpaints and keeps the flips. Returns the
-    manifest and whether it was built now.
+    Chapter 1's classification baseline of ``samples`` (its store, ``config`` as chapter 1 keys
+    it, through the same :class:`~vlmloc.experiments.base.Experiment` runner) is read back when
+    chapter 1 ran and computed otherwise; then :func:`vlmloc.control_set.build_control_set`
+    inpaints and keeps the flips. Returns the manifest and whether it was built now.
     """
     manifest = control_dir(results_dir, vlm.model_id) / "pairs.json"
     if manifest.is_file():
         return manifest, False
-    store = ResultsStore(results_dir, vlm.model_id, "01_data_and_baselines")
-    records = run_condition(
-        vlm,
-        samples,
-        "classification",
-        store,
-        "baseline",
-        dict(config),
-        batch_size=batch_size,
-        progress=progress,
-    )
+    store = ResultsStore(results_dir, vlm.model_id, CH1)
+    ch1 = Experiment(vlm, samples, RunParams(config=dict(config), batch_size=batch_size), store)
+    records = ch1.run("baseline", "classification", progress)
     build_control_set(
         vlm, samples, records, store, results_dir, dict(config), batch_size=batch_size, progress=progress
     )
@@ -206,7 +207,7 @@ def attribution_patching(
     inputs, targets, _ = teacher_forced_inputs(base_enc, [ids], vlm.tokenizer.pad_token_id)
     start = first_after_image(vlm, inputs["input_ids"])
     prompt_len = base_enc["input_ids"].shape[1]
-    cache = _prefix_cache(vlm, inputs, start)
+    cache = vlm.prefix(inputs, start).cache
     suffix = _suffix_inputs(inputs, start, 1, cache)
     sm = SiteMap(vlm.family.sites, vlm.hf)
     captured: dict[int, torch.Tensor] = {}
@@ -246,8 +247,6 @@ def finite_difference(
     image, through :class:`~vlmloc.interventions.HeadPatch`) and returns
     ``(f(+eps) - f(-eps)) / (2 eps)``: what :func:`attribution_patching` estimates for that head.
     """
-    from .interventions.heads import HeadPatch
-
     layer = int(head[0])
     src, base = HeadRead([layer]), HeadRead([layer])
     vlm.score(source_enc, [answer], task, [src])
