@@ -120,7 +120,8 @@ def test_shared_prefix_training_logits_equal_full_sequences(family, model_id):
 @pytest.mark.parametrize("model_id", TOYS + PRECISE)
 def test_default_toys_are_weakly_grounded_and_their_twins_precise(model_id):
     """The defaults' towers last learned patch-level targets; the ``-precise`` ones ~2 px sub-cells.
-    The card says so, and each default names its twin as chapter 2's contrast."""
+    The card says so, and toy-llava names its twin as chapter 2's contrast (toy-internvl does not,
+    for CI's time)."""
     from vlmloc.registry import get_spec
     from vlmloc.toys.train import grounding
 
@@ -129,7 +130,7 @@ def test_default_toys_are_weakly_grounded_and_their_twins_precise(model_id):
     assert grounding(card) == want
     text = (TOY_DIR / model_id / "MODEL_CARD.md").read_text()
     assert ("Weakly grounded tokens" in text) == (want == "weak")
-    assert get_spec(model_id).contrast == (None if want == "precise" else f"{model_id}-precise")
+    assert get_spec(model_id).contrast == ("toy-llava-precise" if model_id == "toy-llava" else None)
 
 
 def test_weak_targets_are_the_covered_share_of_the_whole_patch():

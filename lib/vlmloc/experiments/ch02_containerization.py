@@ -375,9 +375,9 @@ class Containerization(Experiment):
 def contrast_model(model_id: str, requested: str | None = "auto") -> str | None:
     """The model whose padding and shuffles chapter 2 runs beside ``model_id``'s, or None.
 
-    ``"auto"`` takes the registry's contrast of ``model_id``: each weakly grounded default toy
-    names its precise twin (tokens that know sub-patch edges); hub models have none. ``""`` or
-    None asks for none; any other value must be a registered model id.
+    ``"auto"`` takes the registry's contrast of ``model_id``: toy-llava names its precise twin
+    (tokens that know sub-patch edges); toy-internvl (to keep CI's time in check) and the hub
+    models name none. ``""`` or None asks for none; any other value must be a registered model id.
     """
     from ..params import ParameterError
     from ..registry import REGISTRY, get_spec, model_ids
