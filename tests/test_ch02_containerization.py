@@ -298,7 +298,10 @@ KEYS_ABLATION = {"loc", "cls", "token_share", "loc_se", "cls_se"}
 @pytest.mark.notebooks
 @pytest.mark.parametrize("model_id", ["toy-llava", "toy-internvl"])
 def test_chapter_2_executes_and_writes_its_summary(model_id, tmp_path):
-    """Papermill runs the chapter (as ``vlmloc.chapters.execute`` does) with a tiny n; the JSON has every key."""
+    """Papermill runs the chapter (as ``vlmloc.chapters.execute`` does) with a tiny n; the JSON has every key.
+
+    toy-llava runs the contrast section on its precise twin; toy-internvl skips it (CI time).
+    """
     import papermill as pm
 
     results = tmp_path / "results"
@@ -329,7 +332,70 @@ def test_chapter_2_executes_and_writes_its_summary(model_id, tmp_path):
     assert all({"loc", "cls"} <= set(e) for e in summary["shuffle"].values())
     assert set(summary["padding"]) == {"0", "1", "2"}
     assert all("box_area" in e for e in summary["padding"].values())
-    assert len(summary["findings"]) == 5 and all(f"{model_id}" in f for f in summary["findings"].values())
+    if model_id == "toy-llava":
+        contrast = summary["contrast"]
+        assert contrast["model_id"] == "toy-llava-precise" and contrast["n_samples"] == 12
+        assert set(contrast["shuffle"]) == {"global", "intra_object"} and set(contrast["padding"]) == {
+            "0",
+            "1",
+            "2",
+        }
+        assert (results / "toy-llava-precise" / "02_containerization").is_dir()  # its own records
+        assert {"contrast_shuffle", "contrast_padding"} <= set(summary["findings"])
+        assert "toy-llava-precise" in summary["findings"]["contrast_shuffle"]
+    else:
+        assert summary["contrast"] is None and "contrast_shuffle" not in summary["findings"]
+    assert len(summary["findings"]) in (5, 7) and all(
+        f"{model_id}" in f for f in summary["findings"].values()
+    )
     runtime = summary["runtime_s"]  # every run of this configuration added up (one run here)
     assert summary["runtime_runs"] == 1 and runtime["whole chapter"] > 0
     assert sum(v for k, v in runtime.items() if k != "whole chapter") <= runtime["whole chapter"] + 1
+
+
+def test_contrast_model_resolves_the_precise_twins_and_rejects_unknown_ids():
+    from vlmloc.params import ParameterError
+
+    assert ct.contrast_model("toy-llava") == "toy-llava-precise"
+    assert ct.contrast_model("toy-internvl", "auto") is None  # CI time: ask for its twin by name
+    assert ct.contrast_model("toy-internvl", "toy-internvl-precise") == "toy-internvl-precise"
+    assert ct.contrast_model("toy-llava-precise") is None  # the precise toys have no twin
+    assert ct.contrast_model("llava-hf/llava-1.5-7b-hf") is None
+    assert ct.contrast_model("toy-llava", "") is None and ct.contrast_model("toy-llava", None) is None
+    assert ct.contrast_model("llava-hf/llava-1.5-7b-hf", "toy-llava-precise") == "toy-llava-precise"
+    with pytest.raises(ParameterError, match="contrast_model_id 'toy-nope'"):
+        ct.contrast_model("toy-llava", "toy-nope")
+
+
+def _containers(model_id: str, base: float, intra: float, areas: tuple[float, float, float]) -> dict:
+    entry = lambda loc: {"loc": loc, "cls": 80.0, "loc_se": 2.0, "cls_se": 2.0, "d_loc": loc - base}  # noqa: E731
+    return {
+        "model_id": model_id,
+        "baseline": {"loc": base, "cls": 80.0, "loc_se": 2.0, "cls_se": 2.0},
+        "shuffle": {"global": entry(1.0), "intra_object": entry(intra)},
+        "padding": {
+            str(p): {
+                "box_area": a,
+                "box_area_se": 0.5,
+                "container_area": 10.0 + 5 * p,
+                "loc": base,
+                "loc_se": 2.0,
+            }
+            for p, a in enumerate(areas)
+        },
+    }
+
+
+def test_contrast_findings_say_which_toy_the_intra_object_shuffle_hurts():
+    weak = _containers("toy-llava", 30.0, 29.0, (10.0, 14.0, 18.0))
+    precise = _containers("toy-llava-precise", 75.0, 30.0, (10.0, 10.5, 11.0))
+    f = report.contrast_findings(weak, precise)
+    assert "costs toy-llava 1.0 points" in f["contrast_shuffle"] and "45.0 points" in f["contrast_shuffle"]
+    assert "hurts toy-llava-precise more" in f["contrast_shuffle"]
+    assert "+8.0" in f["contrast_padding"] and "toy-llava follows the container more" in f["contrast_padding"]
+    same = report.contrast_findings(weak, _containers("toy-llava-precise", 31.0, 29.5, (10.0, 14.0, 18.2)))
+    assert "do not differ beyond 2 standard errors" in same["contrast_shuffle"]
+    assert "do not differ" in same["contrast_padding"]
+    table = report.contrast_table(weak, precise)
+    assert list(table.columns) == ["toy-llava", "toy-llava-precise"]
+    assert table.loc["intra-object shuffle Loc %", "toy-llava-precise"].startswith("30.00")

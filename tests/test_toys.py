@@ -11,6 +11,7 @@ from vlmloc.registry import TOY_DIR
 from vlmloc.synthetic import EVAL_SEED
 
 TOYS = ["toy-llava", "toy-internvl"]
+PRECISE = ["toy-llava-precise", "toy-internvl-precise"]
 
 #: Regression guard of the shipped weights on 12 large held-out objects: (named at least, IoU >= 0.5 at
 #: least). The shipped toys name 11 and 11 and box 11 and 11 of them (toy-llava, toy-internvl); the bar
@@ -27,7 +28,7 @@ def fixed_samples():
     return sorted(samples, key=lambda s: -s.area)[:12]
 
 
-@pytest.mark.parametrize("model_id", TOYS)
+@pytest.mark.parametrize("model_id", TOYS + PRECISE)
 def test_toy_loads_offline_with_model_card(model_id, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     vlm = vlmloc.load_model(model_id, device="cpu")
@@ -114,3 +115,64 @@ def test_shared_prefix_training_logits_equal_full_sequences(family, model_id):
                 full_targets += answer
     assert targets == full_targets
     assert torch.allclose(shared, torch.cat(full), atol=1e-4), (shared - torch.cat(full)).abs().max()
+
+
+@pytest.mark.parametrize("model_id", TOYS + PRECISE)
+def test_default_toys_are_weakly_grounded_and_their_twins_precise(model_id):
+    """The defaults' towers last learned patch-level targets; the ``-precise`` ones ~2 px sub-cells.
+    The card says so, and toy-llava names its twin as chapter 2's contrast (toy-internvl does not,
+    for CI's time)."""
+    from vlmloc.registry import get_spec
+    from vlmloc.toys.train import grounding
+
+    card = json.loads((TOY_DIR / model_id / "training.json").read_text())
+    want = "precise" if model_id.endswith("-precise") else "weak"
+    assert grounding(card) == want
+    text = (TOY_DIR / model_id / "MODEL_CARD.md").read_text()
+    assert ("Weakly grounded tokens" in text) == (want == "weak")
+    assert get_spec(model_id).contrast == ("toy-llava-precise" if model_id == "toy-llava" else None)
+
+
+def test_weak_targets_are_the_covered_share_of_the_whole_patch():
+    """``grounding="weak"`` gives one coverage number per patch, nonzero exactly where a precise
+    sub-cell is covered, and near the sub-cells' mean (sub-cells differ in area after rounding)."""
+    from vlmloc.toys import train
+
+    vlm = vlmloc.load_model("toy-llava", device="cpu")
+    scene = train.make_scenes("llava", vlm.processor, vlm.hf.config, 1, 11, "scene")[0]
+    grid, patch = 12, 8
+    assert train.sub_cells(patch, "weak") == 1 and train.sub_cells(patch, "precise") == 4
+    with pytest.raises(ValueError, match="grounding must be one of"):
+        train.sub_cells(patch, "exact")
+    obj, _, weak = train.patch_targets(scene, grid, train.sub_cells(patch, "weak"))
+    _, _, fine = train.patch_targets(scene, grid, train.sub_cells(patch, "precise"))
+    assert weak.shape[-1] == 1 and fine.shape[-1] == 16
+    assert ((weak[..., 0] > 0) == (fine.amax(-1) > 0)).all() and obj.sum() > 0
+    assert (weak[..., 0] - fine.mean(-1)).abs().max() < 0.2
+    assert ((weak[..., 0] > 0) & (weak[..., 0] < 1)).any()  # partial patches: a share, not a flag
+
+
+def test_decoder_from_keeps_the_decoder_and_starts_a_fresh_seeded_tower(tmp_path):
+    import torch
+    from vlmloc.toys.build import BUILDERS
+    from vlmloc.toys.train import main
+
+    src = TOY_DIR / "toy-llava"
+    out = tmp_path / "fresh-tower"
+    main(
+        [
+            "--family", "llava", "--out", str(out), "--n-scenes", "2", "--stage1-steps", "0",
+            "--stage2-steps", "0", "--n-eval", "0", "--decoder-from", str(src), "--seed", "3",
+        ]
+    )  # fmt: skip
+    old = vlmloc.load_model("toy-llava", device="cpu").hf.state_dict()
+    spec = vlmloc.register(vlmloc.ModelSpec("fresh-tower", "llava", str(out), "float32", toy=True))
+    new = vlmloc.load_model(spec.model_id, device="cpu").hf.state_dict()
+    fresh = BUILDERS["llava"](seed=3)[0].state_dict()
+    for name, value in new.items():
+        want = fresh[name] if "vision_tower" in name else old[name]
+        assert torch.equal(value, want), name
+    card = json.loads((out / "training.json").read_text())
+    assert card["history"] and card["args"]["decoder_from"] == str(src)
+    with pytest.raises(SystemExit):
+        main(["--family", "llava", "--out", str(out), "--init-from", str(src), "--decoder-from", str(src)])

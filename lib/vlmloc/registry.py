@@ -23,6 +23,9 @@ class ModelSpec:
     default_dtype: str = "float16"
     weights_gb: float | None = None  # memory of the weights in default_dtype
     toy: bool = False
+    #: a toy of the same family whose tokens know more: chapter 2 runs its shuffles and padding
+    #: beside this model's (the weakly grounded default toys name their precise twins)
+    contrast: str | None = None
 
 
 REGISTRY: dict[str, ModelSpec] = {}
@@ -74,7 +77,23 @@ for _spec in (
     ModelSpec("llava-hf/llava-1.5-7b-hf", "llava", "llava-hf/llava-1.5-7b-hf", "float16", 14.1),
     ModelSpec("llava-hf/llava-1.5-13b-hf", "llava", "llava-hf/llava-1.5-13b-hf", "float16", 26.1),
     ModelSpec("OpenGVLab/InternVL3_5-8B-HF", "internvl", "OpenGVLab/InternVL3_5-8B-HF", "bfloat16", 17.0),
-    ModelSpec("toy-llava", "llava", str(TOY_DIR / "toy-llava"), "float32", 0.01, toy=True),
+    # the defaults: weakly grounded towers (tokens say what is in their patch, not where inside it)
+    ModelSpec(
+        "toy-llava",
+        "llava",
+        str(TOY_DIR / "toy-llava"),
+        "float32",
+        0.01,
+        toy=True,
+        contrast="toy-llava-precise",
+    ),
+    # toy-internvl names no contrast to keep CI's time in check: pass
+    # contrast_model_id="toy-internvl-precise" to chapter 2 to run it
     ModelSpec("toy-internvl", "internvl", str(TOY_DIR / "toy-internvl"), "float32", 0.01, toy=True),
+    # the contrast: towers trained on ~2 px sub-cell coverage, tokens that know sub-patch edges
+    ModelSpec("toy-llava-precise", "llava", str(TOY_DIR / "toy-llava-precise"), "float32", 0.01, toy=True),
+    ModelSpec(
+        "toy-internvl-precise", "internvl", str(TOY_DIR / "toy-internvl-precise"), "float32", 0.01, toy=True
+    ),
 ):
     register(_spec)

@@ -54,6 +54,7 @@ __all__ = [
     "SHUFFLES",
     "Containerization",
     "ContainerizationParams",
+    "contrast_model",
     "index_layout",
     "run_containerization",
 ]
@@ -350,12 +351,47 @@ class Containerization(Experiment):
             **self.params.extra,
         }
 
+    def containers_only(self, progress: bool = True) -> dict:
+        """Padding and shuffles with their baseline: what chapter 2 runs on a contrast model."""
+        padding = self.padding(progress)
+        shuffle = self.shuffle(progress)
+        return {
+            "model_id": self.vlm.model_id,
+            "n_samples": len(self.samples),
+            "baseline": self.loc_cls("baseline"),
+            "padding": padding,
+            "shuffle": shuffle,
+            "timings_s": self.timings.rounded(),
+        }
+
     def run_all(self, progress: bool = True) -> dict:
         """Ablation, padding and shuffle, then :meth:`summary`."""
         ablation = self.ablation(progress)
         padding = self.padding(progress)
         shuffle = self.shuffle(progress)
         return self.summary(ablation, padding, shuffle)
+
+
+def contrast_model(model_id: str, requested: str | None = "auto") -> str | None:
+    """The model whose padding and shuffles chapter 2 runs beside ``model_id``'s, or None.
+
+    ``"auto"`` takes the registry's contrast of ``model_id``: toy-llava names its precise twin
+    (tokens that know sub-patch edges); toy-internvl (to keep CI's time in check) and the hub
+    models name none. ``""`` or None asks for none; any other value must be a registered model id.
+    """
+    from ..params import ParameterError
+    from ..registry import REGISTRY, get_spec, model_ids
+
+    if not requested:
+        return None
+    if requested == "auto":
+        return get_spec(model_id).contrast if model_id in REGISTRY else None
+    if requested not in REGISTRY:
+        raise ParameterError(
+            f"contrast_model_id {requested!r} is not a supported model id; pass one of "
+            f'{", ".join(model_ids())}, "auto" or "" (none).'
+        )
+    return requested
 
 
 def run_containerization(

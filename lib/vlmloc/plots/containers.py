@@ -23,6 +23,7 @@ from .common import COLORS
 __all__ = [
     "plot_ablation_bars",
     "plot_box_area_by_padding",
+    "plot_grounding_contrast",
     "plot_padding_examples",
     "plot_shuffle",
     "plot_token_sets",
@@ -333,5 +334,58 @@ def plot_shuffle(
         f"{summary['model_id']}: shuffled visual tokens (object cells outlined; bars ± 1 SE, markers = paper)",
         fontsize=10,
     )
+    fig.tight_layout()
+    return fig
+
+
+def plot_grounding_contrast(summary: Mapping, contrast: Mapping) -> Figure:
+    """Left: Loc at baseline and under each shuffle, this model beside the contrast model.
+    Right: mean predicted box area against the padding p for both, with the container's box."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    conds = ["baseline", "intra_object", "global"]
+    width = 0.38
+    for k, (s, color) in enumerate(((summary, COLORS["loc"]), (contrast, COLORS["pred"]))):
+        entries = [s["baseline"], *(s["shuffle"][c] for c in conds[1:])]
+        xs = np.arange(len(conds)) + (k - 0.5) * width
+        ax1.bar(
+            xs,
+            [e["loc"] for e in entries],
+            width,
+            yerr=[e["loc_se"] for e in entries],
+            color=color,
+            alpha=0.9 if k == 0 else 0.6,
+            label=s["model_id"],
+            capsize=3,
+        )
+        ps = [int(p) for p in s["padding"]]
+        areas = [s["padding"][str(p)]["box_area"] for p in ps]
+        ses = [s["padding"][str(p)]["box_area_se"] for p in ps]
+        ax2.errorbar(
+            ps,
+            [np.nan if a is None else a for a in areas],
+            yerr=ses,
+            marker="o",
+            color=color,
+            label=s["model_id"],
+            capsize=3,
+        )
+    ps = [int(p) for p in summary["padding"]]
+    ax2.plot(
+        ps,
+        [summary["padding"][str(p)]["container_area"] for p in ps],
+        "s--",
+        color=COLORS["object"],
+        label="container box",
+    )
+    ax1.set_xticks(range(len(conds)), ["baseline", "intra-object\nshuffle", "global\nshuffle"])
+    ax1.set_ylabel("Loc %")
+    ax1.set_ylim(0, 100)
+    ax1.legend(frameon=False, fontsize=8)
+    ax1.set_title("localization under shuffles (± 1 SE)", fontsize=10)
+    ax2.set_xticks(ps, [f"p = {p}" for p in ps])
+    ax2.set_ylabel("mean predicted box, % of image")
+    ax2.set_ylim(bottom=0)
+    ax2.legend(frameon=False, fontsize=8)
+    ax2.set_title("predicted box area against the padding", fontsize=10)
     fig.tight_layout()
     return fig

@@ -106,6 +106,17 @@ def patch_targets(scene: Scene, patch_grid: int, sub: int) -> tuple[torch.Tensor
     return torch.stack(objness), torch.stack(classes), torch.stack(shares)
 
 
+GROUNDING = ("weak", "precise")
+
+
+def sub_cells(patch: int, grounding: str) -> int:
+    """Sub-cells per side of a patch the stage-1 coverage target resolves: 1 (the whole patch)
+    for weakly grounded toys, cells of about 2 px for precise ones."""
+    if grounding not in GROUNDING:
+        raise ValueError(f"grounding must be one of {GROUNDING}, not {grounding!r}")
+    return 1 if grounding == "weak" else max(1, patch // 2)
+
+
 def _summed_area(mask: np.ndarray) -> np.ndarray:
     """Summed-area table with a zero first row and column: any rectangle's sum in four lookups."""
     table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1))
@@ -212,12 +223,20 @@ def train_tower(
     lr: float,
     seed: int,
     minutes: float = 0.0,
+    grounding: str = "weak",
 ) -> dict:
+    """Stage 1: the tower and linear patch heads on what each patch contains.
+
+    ``grounding="weak"`` (the default toys) asks each token for its patch's objectness, class and
+    covered share of the *whole* patch: what is there, never where inside the patch an edge runs,
+    as CLIP-like features are. ``"precise"`` also asks for the covered share of every ~2 px
+    sub-cell, which puts sub-patch edges into the tokens' content (the ``-precise`` toys).
+    """
     cfg = model.config.vision_config
     img = cfg.image_size[0] if isinstance(cfg.image_size, list | tuple) else cfg.image_size
     patch = cfg.patch_size[0] if isinstance(cfg.patch_size, list | tuple) else cfg.patch_size
     grid = img // patch
-    sub = max(1, patch // 2)  # sub-cells of about 2 px of the processed image
+    sub = sub_cells(patch, grounding)
     pix, obj, cls, shr = [], [], [], []
     for s in tqdm(scenes, desc="patch targets", mininterval=10):
         o, c, f = patch_targets(s, grid, sub)
@@ -550,6 +569,18 @@ def main(argv: list[str] | None = None) -> None:
         help="chance a training object has its class's colour (held-out scenes keep the default)",
     )
     p.add_argument("--init-from", default=None, help="continue from a checkpoint folder (warm start)")
+    p.add_argument(
+        "--grounding",
+        choices=GROUNDING,
+        default="weak",
+        help="stage-1 coverage target: the whole patch (weak, CLIP-like) or ~2 px sub-cells (precise)",
+    )
+    p.add_argument(
+        "--decoder-from",
+        default=None,
+        help="a fresh tower (seeded) with the projector and decoder of this checkpoint folder: "
+        "retrains the tower without relearning the answer format from nothing",
+    )
     a = p.parse_args(argv)
     if a.seed == EVAL_SEED:
         p.error("the training seed must differ from the held-out EVAL_SEED")
@@ -557,13 +588,22 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(a.threads)
     t0 = time.time()
     torch.manual_seed(a.seed)
-    if a.init_from:
+    if a.init_from and a.decoder_from:
+        p.error("--init-from and --decoder-from exclude each other")
+    if a.init_from or a.decoder_from:
         from transformers import AutoProcessor
 
-        from ..families import FAMILIES as _F
-
-        model = _F[a.family].hf_class.from_pretrained(a.init_from, dtype=torch.float32).eval()
-        processor = AutoProcessor.from_pretrained(a.init_from)
+        model = (
+            FAMILIES[a.family]
+            .hf_class.from_pretrained(a.init_from or a.decoder_from, dtype=torch.float32)
+            .eval()
+        )
+        processor = AutoProcessor.from_pretrained(a.init_from or a.decoder_from)
+        if a.decoder_from:
+            fresh, _ = BUILDERS[a.family](seed=a.seed)
+            _sites(a.family, model).vision_tower.load_state_dict(
+                _sites(a.family, fresh).vision_tower.state_dict()
+            )
     else:
         model, processor = BUILDERS[a.family](seed=a.seed)
     scenes = make_scenes(
@@ -572,7 +612,15 @@ def main(argv: list[str] | None = None) -> None:
     t_data = time.time() - t0
     log1 = (
         train_tower(
-            a.family, model, scenes[: a.stage1_scenes], a.stage1_steps, a.batch1, a.lr1, a.seed, a.minutes1
+            a.family,
+            model,
+            scenes[: a.stage1_scenes],
+            a.stage1_steps,
+            a.batch1,
+            a.lr1,
+            a.seed,
+            a.minutes1,
+            a.grounding,
         )
         if a.stage1_steps
         else {}
@@ -617,7 +665,7 @@ def main(argv: list[str] | None = None) -> None:
         "held_out": metrics,
         "n_parameters": sum(x.numel() for x in model.parameters()),
         "torch_threads": torch.get_num_threads(),
-        "history": _history(a.init_from),
+        "history": _history(a.init_from or a.decoder_from),
     }
     (out / "training.json").write_text(json.dumps(card, indent=2))
     write_card(out)
@@ -632,7 +680,7 @@ def write_card(folder: str | Path) -> Path:
     folder = Path(folder)
     card = json.loads((folder / "training.json").read_text())
     path = folder / "MODEL_CARD.md"
-    path.write_text(model_card(card, AutoConfig.from_pretrained(folder)))
+    path.write_text(model_card(card, AutoConfig.from_pretrained(folder), name=folder.name))
     return path
 
 
@@ -669,16 +717,48 @@ def _fmt_training_time(card: dict) -> str:
     return text + f" ({sum(minutes) + card['seconds']['total'] / 60:.0f} min in all)"
 
 
-def model_card(card: dict, config) -> str:
+GROUNDING_TEXT = {
+    "weak": "**Weakly grounded tokens.** The tower's last stage-1 targets were patch-level only "
+    "(objectness, class, covered share of the whole patch): a token says what is in its patch, not "
+    "where inside it an edge runs, as CLIP-like features are. A box has to come from which tokens "
+    "hold the object (containerization).",
+    "precise": "**Tokens that know sub-patch edges.** The tower's stage-1 targets included the "
+    "covered share of every ~2 px sub-cell of each patch, so an object token also says where inside "
+    "its patch the object's edge runs. Kept as a contrast to the weakly grounded default toys.",
+}
+
+
+def stage1_target(phase: dict) -> str | None:
+    """The coverage target a phase trained the tower on, read from its stage-1 log: ``"patch"``
+    (objectness and class, with or without the whole patch's covered share), ``"sub-cells"``
+    (~2 px sub-cells), or None when the phase did not train the tower."""
+    log = phase.get("stage1") or {}
+    if not log:
+        return None
+    return "sub-cells" if log.get("sub_cells_per_patch", 1) > 1 else "patch"
+
+
+def grounding(card: dict) -> str:
+    """``weak`` or ``precise``: the coverage target of the newest phase that trained the tower."""
+    for phase in [card, *reversed(card.get("history", []))]:
+        target = stage1_target(phase)
+        if target:
+            return "precise" if target == "sub-cells" else "weak"
+    return "weak"
+
+
+def model_card(card: dict, config, name: str | None = None) -> str:
     """A short human-readable card from the training record."""
     h = card.get("held_out") or {}
     loc, cls = h.get("localization", {}), h.get("classification", {})
     tc, vc = config.text_config, config.vision_config
     lines = [
-        f"# toy-{card['family']}",
+        f"# {name or 'toy-' + card['family']}",
         "",
         f"A {config.__class__.__name__.replace('Config', '')} toy VLM trained from scratch on synthetic scenes by "
         "`python -m vlmloc.toys.train` (see the vlmloc README). Not a model of the world: a model of shapes.",
+        "",
+        GROUNDING_TEXT[grounding(card)],
         "",
         f"- decoder: {tc.model_type}, {tc.num_hidden_layers} layers, {tc.num_attention_heads} heads, width {tc.hidden_size}",
         f"- vision tower: {vc.model_type}, {vc.num_hidden_layers} layers, width {vc.hidden_size}",
@@ -716,19 +796,30 @@ def _phase_table(card: dict) -> list[str]:
     rows = [
         "Training phases, oldest first (each after the first warm-starts from the one before):",
         "",
-        "| phase | seed | scenes | class colour | stage 1 steps | stage 2 steps | min | classification | Loc |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| phase | seed | scenes | class colour | tower | stage 1 steps | stage 2 steps | min | classification | Loc |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for k, ph in enumerate([*card.get("history", []), card], 1):
         a, h = ph["args"], ph.get("held_out") or {}
         cls = f"{h['classification']['rate']:.1f}%" if h else "-"
         loc = f"{h['localization']['loc']:.1f}%" if h else "-"
         rows.append(
-            f"| {k} | {a['seed']} | {a['n_scenes']} | {_colour_share(ph):.0f}% "
+            f"| {k} | {a['seed']} | {a['n_scenes']} | {_colour_share(ph):.0f}% | {_tower(ph)} "
             f"| {_steps_done(ph, 'stage1')} | {_steps_done(ph, 'stage2')} "
             f"| {ph['seconds']['total'] / 60:.0f} | {cls} | {loc} |"
         )
     return [*rows, ""]
+
+
+def _tower(phase: dict) -> str:
+    """What a phase did to the vision tower: started it anew (and with which target), trained it
+    on, or kept it frozen."""
+    a = phase["args"]
+    fresh = a.get("decoder_from") or not a.get("init_from")
+    target = stage1_target(phase)
+    if target is None:
+        return "new, untrained" if fresh else "kept"
+    return f"{'new' if fresh else 'trained on'}, {target}"
 
 
 def _steps_done(phase: dict, stage: str) -> int:
