@@ -1,7 +1,8 @@
 """Train a toy VLM from scratch on synthetic scenes, on a CPU, in two stages.
 
 Stage 1 trains the vision tower alone on what CLIP-like features carry: *what is at each patch*
-(objectness, class, and how much of each ~2 px sub-cell of the patch is covered), with heads on
+(objectness, class and the covered share of the whole patch; ``--grounding precise`` adds the
+covered share of every ~2 px sub-cell, which puts sub-patch edges into the tokens), with heads on
 exactly the tokens the model passes to its projector. It is never told where boxes are, nor
 anything about other patches. Stage 2 freezes the tower, caches its features, and trains the
 projector and the decoder on both prompts (classification and localization) in the family's own
@@ -11,7 +12,8 @@ image prefix runs once per step and all its questions continue from its KV cache
 same logits; tested). ``--minutes1``/``--minutes`` give each stage a time budget: the cosine
 schedule then follows the larger of steps done and time spent, so a run ends on time.
 
-    python -m vlmloc.toys.train --family llava --out lib/vlmloc/toys/checkpoints/toy-llava
+    python -m vlmloc.toys.train --family llava --out lib/vlmloc/toys/checkpoints/toy-llava \
+        --colour-linked 0 --minutes1 40 --stage2-steps 0   # then --init-from it for stage 2
 
 Seeded and deterministic up to thread scheduling; see ``--help`` for the step counts.
 """
@@ -83,9 +85,12 @@ def patch_targets(scene: Scene, patch_grid: int, sub: int) -> tuple[torch.Tensor
     """Per view and patch: objectness (0/1), class index (-100 where no object) and the share of
     each of the patch's ``sub x sub`` sub-cells the objects cover.
 
-    The sub-cell shares are what a CLIP-like patch feature carries about *where inside the patch*
-    something is (a shape's edge); without them the decoder could only place box edges on the
-    token grid, which caps IoU for small objects. They say nothing about boxes or other patches.
+    ``sub = 1`` (weak grounding, the default toys) gives the covered share of the whole patch: a
+    token then knows how much of its patch is object, not where inside it the edge runs, and the
+    decoder has to read a box off *which* tokens hold the object. ``sub > 1`` (the ``-precise``
+    toys) tells each token where inside its patch an edge runs, which lifts IoU for small objects
+    but makes the tokens' content, not just their place, carry the box. Neither says anything
+    about boxes or other patches.
     """
     objness, classes, shares = [], [], []
     w, h = scene.image.size
@@ -689,9 +694,10 @@ def _fmt_stage1(log: dict) -> str:
         return "not run in this phase (tower from the earlier phase)"
     text = f"objectness {100 * log['patch_objectness_acc']:.1f}%, class {100 * log['patch_class_acc']:.1f}%"
     if "sub_cell_share_mae" in log:
+        what = "sub-cell" if log.get("sub_cells_per_patch", 1) > 1 else "patch"
         text += (
-            f", sub-cell coverage error {log['sub_cell_share_mae']:.3f} "
-            f"({log['sub_cell_share_mae_on_edges']:.3f} on edge sub-cells)"
+            f", {what} coverage error {log['sub_cell_share_mae']:.3f} "
+            f"({log['sub_cell_share_mae_on_edges']:.3f} on partly covered {what}s)"
         )
     return text
 
