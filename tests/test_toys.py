@@ -14,10 +14,15 @@ TOYS = ["toy-llava", "toy-internvl"]
 PRECISE = ["toy-llava-precise", "toy-internvl-precise"]
 
 #: Regression guard of the shipped weights on 12 large held-out objects: (named at least, IoU >= 0.5 at
-#: least). The shipped toys name 11 and 11 and box 11 and 11 of them (toy-llava, toy-internvl); the bar
-#: sits one below. This is a smoke test of the weights, not the project's quality bar
-#: (classification >= 90%, Loc >= 40% on 500 held-out scenes), which the model cards report.
-SMOKE_BAR = {"toy-llava": (10, 10), "toy-internvl": (10, 10)}
+#: least). At release the weakly grounded toys name 9 and 10 and box 12 and 11 of them (toy-llava,
+#: toy-internvl), the precise ones 11 and 11 and 11 and 11; each bar sits one below. This is a smoke
+#: test of the weights, not the quality bar on 500 held-out scenes, which the model cards report.
+SMOKE_BAR = {
+    "toy-llava": (8, 11),
+    "toy-internvl": (9, 10),
+    "toy-llava-precise": (10, 10),
+    "toy-internvl-precise": (10, 10),
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +51,7 @@ def test_toy_llava_grid_is_fine_enough():
     assert view.rows >= 12 and view.cols >= 12
 
 
-@pytest.mark.parametrize("model_id", TOYS)
+@pytest.mark.parametrize("model_id", TOYS + PRECISE)
 def test_toy_answers_fixed_scenes(model_id, fixed_samples):
     """Large held-out objects are named and boxed as well as at release (a smoke test, not the bar)."""
     vlm = vlmloc.load_model(model_id, device="cpu")

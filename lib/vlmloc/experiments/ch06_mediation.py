@@ -406,6 +406,9 @@ class Mediation:
             ),
             "loop_max_abs_mf": max_mf(loop),
             "batched_max_abs_mf": max_mf(fast),
+            # rounding of the batched sweep itself, free of the pair's denominator (a pair whose
+            # P_src is close to P_base magnifies it in MF)
+            "batched_max_rel_change": float(((fast.patched.perplexity - p_base) / p_base).abs().max()),
         }
 
 
