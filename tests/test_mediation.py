@@ -176,9 +176,8 @@ def test_exact_sweep_resumes_and_base_into_base_is_a_null_edit(
 
     null = exp.base_into_base("classification")
     assert null["loop_exact"] and null["loop_max_abs_mf"] == 0.0
-    assert null["batched_max_rel_change"] < 1e-5  # float rounding only
-    gap = abs(null["p_base"] - null["p_src"]) / null["p_base"]
-    assert null["batched_max_abs_mf"] <= 1.01 * null["batched_max_rel_change"] / gap
+    # float rounding only; MF itself divides this by the pair's gap, which can be small
+    assert null["batched_max_rel_change"] < 1e-5
 
 
 def test_mismatched_source_is_another_class_with_the_same_layout(toy_internvl, tmp_path, synthetic_coco):
