@@ -46,6 +46,22 @@ def tiny_vlm(request):
     return request.getfixturevalue(f"tiny_{request.param}")
 
 
+@pytest.fixture(scope="module")
+def toy_llava():
+    """The shipped toy-llava, loaded once per test module (CPU)."""
+    import vlmloc
+
+    return vlmloc.load_model("toy-llava", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def toy_internvl():
+    """The shipped toy-internvl, loaded once per test module (CPU)."""
+    import vlmloc
+
+    return vlmloc.load_model("toy-internvl", device="cpu")
+
+
 @pytest.fixture(scope="session")
 def synthetic_coco(tmp_path_factory):
     """``(annotations.json, images/)`` of 12 synthetic scenes (seed 5), written once per session."""

@@ -30,16 +30,6 @@ MODELS = ["tiny_llava", "tiny_internvl", "toy_llava", "toy_internvl"]
 NULL_ATOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def toy_llava():
-    return vlmloc.load_model("toy-llava", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def toy_internvl():
-    return vlmloc.load_model("toy-internvl", device="cpu")
-
-
 @pytest.fixture(params=MODELS)
 def vlm(request):
     return request.getfixturevalue(request.param)

@@ -13,11 +13,6 @@ from vlmloc.report import ch07 as har
 from vlmloc.store import ResultsStore, write_summary
 
 
-@pytest.fixture(scope="module")
-def toy_llava():
-    return vlmloc.load_model("toy-llava", device="cpu")
-
-
 def test_rankings_come_from_chapter6_and_a_missing_file_names_the_command(tmp_path):
     with pytest.raises(
         FileNotFoundError, match="--chapters 01_data_and_baselines 06_mediation --models toy-llava"

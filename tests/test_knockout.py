@@ -24,16 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def toy_llava():
-    return vlmloc.load_model("toy-llava", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def toy_internvl():
-    return vlmloc.load_model("toy-internvl", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def samples():
     return vlmloc.load_coco(*vlmloc.resolve_data(None, None), seed=0)[:6]
 

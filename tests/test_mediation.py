@@ -18,16 +18,6 @@ from vlmloc.sweeps import head_patch_scores
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def toy_llava():
-    return vlmloc.load_model("toy-llava", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def toy_internvl():
-    return vlmloc.load_model("toy-internvl", device="cpu")
-
-
 def _pairs(tmp_path, synthetic_coco, n: int = 4) -> list[md.MediationPair]:
     """Synthetic objects and their inpainted twins, written like chapter 1's control set."""
     ann, images = synthetic_coco

@@ -114,11 +114,6 @@ def toy(request):
 
 
 @pytest.fixture(scope="module")
-def toy_llava():
-    return vlmloc.load_model("toy-llava", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def image_paths():
     return pd4.probe_images(*vlmloc.resolve_data(None, None))
 
