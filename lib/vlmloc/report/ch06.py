@@ -38,6 +38,7 @@ from ..paper import (
     N_LAYERS,
 )
 from ..registry import get_spec
+from .common import chapter_runs
 
 __all__ = [
     "GPU",
@@ -433,10 +434,7 @@ def results_table(collected: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:
     ``collected`` is :func:`vlmloc.report.summary.collect_summaries`'s ``{model: {chapter: summary}}``.
     """
     rows = []
-    for model, chapters in sorted(collected.items()):
-        s = chapters.get(CHAPTER)
-        if not s:
-            continue
+    for model, s in chapter_runs(collected, CHAPTER):
         band = s.get("paper_band") or []
         row = {"model": model, "source": "this book", "heads": s["n_layers"] * s["n_heads"]}
         for task, short in (("classification", "cls"), ("localization", "loc")):

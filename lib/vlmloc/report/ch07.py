@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..experiments.ch07_head_ablation import CHAPTER, HEAD_SETS
 from ..paper import HEAD_ABLATION, MODELS
-from .common import se_of_difference
+from .common import chapter_runs, se_of_difference
 
 __all__ = [
     "ablation_table",
@@ -125,10 +125,7 @@ def results_table(collected: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:
     ``collected`` is :func:`vlmloc.report.summary.collect_summaries`'s ``{model: {chapter: summary}}``.
     """
     rows = []
-    for model, chapters in sorted(collected.items()):
-        s = chapters.get(CHAPTER)
-        if not s:
-            continue
+    for model, s in chapter_runs(collected, CHAPTER):
         k = int(s.get("verdict_k", 10))
         v = verdict(s, k)
         rows.append({"model": model, "source": "this book", "k": k,

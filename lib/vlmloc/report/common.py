@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pandas as pd
 
-__all__ = ["can_drop", "number", "se_of_difference", "styled"]
+__all__ = ["can_drop", "chapter_runs", "number", "se_of_difference", "styled"]
 
 
 def number(x: Any, nd: int = 2) -> float | None:
@@ -31,3 +32,12 @@ def se_of_difference(*ses: float) -> float:
 def can_drop(baseline: Any, key: str) -> bool:
     """Is the baseline rate ``key`` far enough above zero (2 SE, at least 2 points) for a drop to show?"""
     return baseline[key] >= 2 * max(baseline[f"{key}_se"], 1.0)
+
+
+def chapter_runs(collected: Mapping[str, Mapping[str, dict]], chapter: str) -> Iterator[tuple[str, dict]]:
+    """``(model, summary)`` of every model that ran ``chapter``, by model id: what each results-page
+    table walks. ``collected`` is :func:`vlmloc.report.summary.collect_summaries`'s output."""
+    for model, chapters in sorted(collected.items()):
+        summary = chapters.get(chapter)
+        if summary:
+            yield model, summary

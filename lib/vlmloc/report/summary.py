@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from ..paper import CONTROL_SET, MODELS, RESULTS, SUMMARY_CONDITIONS
-from .common import number, styled
+from .common import chapter_runs, number, styled
 
 __all__ = ["collect_summaries", "condition_table", "finding_headline", "headline_table", "styled"]
 
@@ -58,10 +58,7 @@ def _loc_cls(entry: Any) -> tuple[float | None, float | None, float | None, floa
 def headline_table(collected: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:
     """Baseline Loc/Cls of every model run (chapter 1) beside the paper's baselines."""
     rows = []
-    for model, chapters in sorted(collected.items()):
-        ch1 = chapters.get("01_data_and_baselines")
-        if not ch1:
-            continue
+    for model, ch1 in chapter_runs(collected, "01_data_and_baselines"):
         loc, loc_se, cls, cls_se = _loc_cls(ch1.get("baseline"))
         cs = ch1.get("control_set") or {}
         rows.append(
@@ -125,10 +122,7 @@ def condition_table(collected: Mapping[str, Mapping[str, dict]], chapter: str) -
     """
     rows = []
     paper_conds = sorted({c for rows_ in RESULTS.values() for c in rows_}, key=len, reverse=True)
-    for model, chapters in sorted(collected.items()):
-        summ = chapters.get(chapter)
-        if not summ:
-            continue
+    for model, summ in chapter_runs(collected, chapter):
         for cond, entry in _conditions(summ).items():
             loc, loc_se, cls, cls_se = _loc_cls(entry)
             match = SUMMARY_CONDITIONS.get(cond) or next((p for p in paper_conds if p in _norm(cond)), None)
