@@ -283,6 +283,26 @@ def test_batched_sweep_equals_one_head_per_forward(request, name):
     assert (fast.patched.logprob - fast.base.logprob).abs().max() > 1e-4, "some head must matter"
 
 
+def test_suffix_rows_share_the_prefix_cache_without_writing_it(toy_llava):
+    """The sweep repeats one prefix cache for every batch of heads as broadcast views: a forward
+    on the repeated cache must leave the prefix as it was, and give what a copied cache gives."""
+    import copy
+
+    from vlmloc.sweeps import _suffix_inputs, first_after_image
+
+    _, base, _ = _pair(toy_llava)
+    start = first_after_image(toy_llava, base["input_ids"])
+    cache = toy_llava.prefix(base, start).cache
+    before = [layer.keys.clone() for layer in cache.layers]
+    shared = toy_llava.forward(_suffix_inputs(base, start, 3, cache))
+    assert all(torch.equal(a, layer.keys) for a, layer in zip(before, cache.layers, strict=True))
+    assert cache.get_seq_length() == start
+    copied = copy.deepcopy(cache)
+    copied.batch_repeat_interleave(3)
+    inputs = {**_suffix_inputs(base, start, 3, cache), "past_key_values": copied}
+    assert _close(shared, toy_llava.forward(inputs), 1e-6)
+
+
 def test_sweep_of_base_into_base_changes_nothing(tiny_internvl):
     _, base, answer = _pair(tiny_internvl)
     res = head_patch_scores(tiny_internvl, base, base, answer, "localization", batch_size=8)
