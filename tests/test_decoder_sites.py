@@ -280,6 +280,10 @@ def test_batched_sweep_equals_one_head_per_forward(request, name):
     slow = head_patch_scores(vlm, src, base, answer, "localization", batch_size=1, reuse_prefix=False)
     assert len(fast.heads) == vlm.n_layers * vlm.n_heads
     assert _close(fast.patched.token_logprobs, slow.patched.token_logprobs, 1e-5)
+    # the fast path scores source and base in one two-row prefix + suffix: as the plain forwards do
+    assert _close(fast.source.token_logprobs, slow.source.token_logprobs, 1e-5)
+    assert _close(fast.base.token_logprobs, slow.base.token_logprobs, 1e-5)
+    assert (fast.source.logprob - fast.base.logprob).abs().max() > 1e-4, "source and base must differ"
     assert (fast.patched.logprob - fast.base.logprob).abs().max() > 1e-4, "some head must matter"
 
 

@@ -62,38 +62,49 @@ def first_after_image(vlm: Any, input_ids: torch.Tensor) -> int:
     return int(pos.max()) + 1
 
 
-def _suffix_inputs(inputs: dict, prefix: int, rows: int, cache: Any) -> dict:
-    ids = inputs["input_ids"][:, prefix:].expand(rows, -1)
-    total = inputs["input_ids"].shape[1]
+def _suffix_inputs(inputs: dict, prefix: int, rows: int, cache: Any, row: int | None = 0) -> dict:
+    """The positions after ``prefix`` of row ``row`` of ``inputs``, repeated ``rows`` times, on
+    that row of the prefix ``cache``; ``row=None`` keeps every row of both as they are."""
+    ids = inputs["input_ids"][:, prefix:]
+    if row is not None:
+        ids = ids[row : row + 1].expand(rows, -1)
+    rows, total = ids.shape[0], inputs["input_ids"].shape[1]
     return {
         "input_ids": ids,
         "attention_mask": torch.ones(rows, total, dtype=torch.long, device=ids.device),
         "position_ids": torch.arange(prefix, total, device=ids.device).expand(rows, -1),
-        "past_key_values": _repeat_cache(cache, rows),
+        "past_key_values": _cache_rows(cache, rows, row),
     }
 
 
-def _repeat_cache(cache: Any, rows: int) -> Any:
-    """The one-row prefix cache for ``rows`` rows, without copying the prefix.
+def _cache_rows(cache: Any, rows: int, row: int | None) -> Any:
+    """Row ``row`` of a prefix cache repeated ``rows`` times (``None``: all rows), without copying it.
 
-    Each layer's keys and values become a broadcast view of the prefix: the suffix's forward
-    concatenates its new keys onto them (a fresh tensor), so the shared prefix is never written.
-    Why: a deep copy plus ``batch_repeat_interleave`` per batch of heads cost about 7% of the
-    sweep on the toys. Layer kinds that may write their cache in place get that safe copy.
+    Each layer's keys and values become a view of the prefix: the suffix's forward concatenates
+    its new keys onto them (a fresh tensor), so the shared prefix is never written and can serve
+    every batch of heads. Why: a deep copy plus ``batch_repeat_interleave`` per batch cost about
+    7% of the sweep on the toys. Layer kinds that may write their cache in place get that copy.
     """
     if not all(type(layer) is DynamicLayer for layer in cache.layers):
         rep = copy.deepcopy(cache)
-        rep.batch_repeat_interleave(rows)
+        if row is not None:
+            rep.batch_select_indices(torch.tensor([row]))
+            rep.batch_repeat_interleave(rows)
         return rep
     rep = copy.copy(cache)
     rep.layers = []
     for layer in cache.layers:
         new = copy.copy(layer)
-        if layer.is_initialized:
-            new.keys = layer.keys.expand(rows, *layer.keys.shape[1:])
-            new.values = layer.values.expand(rows, *layer.values.shape[1:])
+        if layer.is_initialized and row is not None:
+            new.keys = layer.keys[row : row + 1].expand(rows, *layer.keys.shape[1:])
+            new.values = layer.values[row : row + 1].expand(rows, *layer.values.shape[1:])
         rep.layers.append(new)
     return rep
+
+
+def _stack_rows(*encs: Any) -> dict:
+    """One-row encodings of the same token layout as one batch (pixel values: every tile, in order)."""
+    return {k: torch.cat([e[k] for e in encs]) if torch.is_tensor(v) else v for k, v in encs[0].items()}
 
 
 def _repeat_rows(inputs: dict, rows: int) -> dict:
@@ -134,17 +145,21 @@ def head_patch_scores(
     if source_enc["input_ids"].shape[0] != 1:
         raise ValueError("head_patch_scores takes one source/base pair at a time")
     heads = list(heads) if heads is not None else all_heads(vlm.n_layers, vlm.n_heads)
-    read = HeadRead(sorted({la for la, _ in heads}))
-    source = vlm.score(source_enc, [answer], task, [read])
+    layers = sorted({la for la, _ in heads})
     ids, mask = scored_answer(vlm.tokenizer, task, answer)
-    inputs, targets, _ = teacher_forced_inputs(base_enc, [ids], vlm.tokenizer.pad_token_id)
-    run = _Run(vlm, inputs, targets, torch.as_tensor([mask]), base_enc["input_ids"].shape[1], read.values)
+    scored, prompt_len = torch.as_tensor([mask]), base_enc["input_ids"].shape[1]
+    pad = vlm.tokenizer.pad_token_id
     if reuse_prefix:
-        base, patched = run.layer_grouped(heads, batch_size, task, progress)
-    else:
-        base = vlm.score(base_enc, [answer], task)
-        patched = run.full(heads, batch_size, task, progress)
-    return PatchScores(heads, source, base, patched)
+        both, targets, _ = teacher_forced_inputs(_stack_rows(source_enc, base_enc), [ids, ids], pad)
+        run = _Run(vlm, both, targets[:1], scored, prompt_len)
+        source, base, patched = run.layer_grouped(heads, layers, batch_size, task, progress)
+        return PatchScores(heads, source, base, patched)
+    read = HeadRead(layers)
+    source = vlm.score(source_enc, [answer], task, [read])
+    inputs, targets, _ = teacher_forced_inputs(base_enc, [ids], pad)
+    run = _Run(vlm, inputs, targets, scored, prompt_len, read.values)
+    base = vlm.score(base_enc, [answer], task)
+    return PatchScores(heads, source, base, run.full(heads, batch_size, task, progress))
 
 
 class _Run:
@@ -157,7 +172,7 @@ class _Run:
         targets: torch.Tensor,
         scored: torch.Tensor,
         prompt_len: int,
-        source: dict,
+        source: dict | None = None,
     ):
         self.vlm, self.inputs, self.targets, self.scored, self.source = vlm, inputs, targets, scored, source
         self.prompt_len = prompt_len
@@ -188,33 +203,49 @@ class _Run:
             parts.append(self._scores(logits))
         return _cat(parts)
 
-    def layer_grouped(self, heads: Sequence[Head], batch_size: int, task: str, progress: bool):
-        """Prefix once; the base suffix once (its scores and every layer's output); then per layer
-        ``l`` its heads, one per row, with layers before ``l`` skipped."""
+    def layer_grouped(
+        self, heads: Sequence[Head], layers: Sequence[int], batch_size: int, task: str, progress: bool
+    ):
+        """Source and base (rows 0 and 1 of ``inputs``) share one prefix forward and one suffix
+        forward, which give both scores, the source's head outputs and the base's layer outputs;
+        then per layer ``l`` its heads, one per row, on the base's prefix with layers before
+        ``l`` skipped. Returns the source, base and patched scores."""
         vlm, start = self.vlm, self.start
         cache = vlm.prefix(self.inputs, start).cache
         step = StepInfo(0, self.total - start, self.total)
+        read = HeadRead(layers)
         outputs = HiddenStates([f"llm.{la}" for la in range(vlm.n_layers)])
-        base_logits = vlm.forward(
-            _suffix_inputs(self.inputs, start, 1, cache), [outputs], self._answer_at(start), step
+        logits = vlm.forward(
+            _suffix_inputs(self.inputs, start, 2, cache, row=None),
+            [read, outputs],
+            self._answer_at(start),
+            step,
         )
-        known = {la: outputs.values[f"llm.{la}"].to(vlm.device, vlm.dtype) for la in range(vlm.n_layers)}
+        self.source = {la: _absolute(v[:1], start) for la, v in read.values.items()}
+        known = {la: outputs.values[f"llm.{la}"][1:].to(vlm.device, vlm.dtype) for la in range(vlm.n_layers)}
         order = sorted(range(len(heads)), key=lambda i: heads[i])
         parts, done = [], []
-        layers = sorted({la for la, _ in heads})
         for layer in tqdm(layers, desc=f"heads · {task}", disable=not progress, leave=False):
             mine = [i for i in order if heads[i][0] == layer]
             for j in range(0, len(mine), batch_size):
                 idx = mine[j : j + batch_size]
                 chunk = [heads[i] for i in idx]
                 skip = LayerSkip({la: known[la] for la in range(layer)}, len(chunk))
-                inputs = _suffix_inputs(self.inputs, start, len(chunk), cache)
-                logits = vlm.forward(inputs, [skip, self._patch(chunk)], self._answer_at(start), step)
-                parts.append(self._scores(logits))
+                inputs = _suffix_inputs(self.inputs, start, len(chunk), cache, row=1)
+                logits_p = vlm.forward(inputs, [skip, self._patch(chunk)], self._answer_at(start), step)
+                parts.append(self._scores(logits_p))
                 done.extend(idx)
         patched = _cat(parts)
         back = torch.as_tensor(done).argsort()  # rows back in the order of ``heads``
-        return self._scores(base_logits), AnswerScores(*(getattr(patched, f)[back] for f in _FIELDS))
+        patched = AnswerScores(*(getattr(patched, f)[back] for f in _FIELDS))
+        return self._scores(logits[:1]), self._scores(logits[1:]), patched
+
+
+def _absolute(values: torch.Tensor, start: int) -> torch.Tensor:
+    """Head outputs read on a suffix from ``start``, placed at their absolute positions (the
+    prefix's, which no patch uses, as zeros) as :class:`HeadPatch` indexes them."""
+    pad = values.new_zeros(values.shape[0], start, *values.shape[2:])
+    return torch.cat([pad, values], 1)
 
 
 _FIELDS = ("logprob", "n_tokens", "token_logprobs")

@@ -380,8 +380,8 @@ class Mediation:
         """The null control: the base run patched into itself, every head, so MF must be 0.
 
         Runs the plain loop (one full forward per head, which must reproduce P_base bit for bit)
-        and the batched sweep (equal to rounding: the patched values come from a full forward, the
-        patched rows run after a cached prefix). MF uses the pair's real denominator. Also times
+        and the batched sweep (equal to rounding: its rows run in batches of other shapes, after a
+        cached prefix, with lower layers taken from the base rows). MF uses the pair's real denominator. Also times
         the plain loop, the cost of the unbatched exact sweep for one pair.
         """
         pair = pair or self.pairs[0]

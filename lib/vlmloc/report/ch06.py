@@ -354,7 +354,8 @@ def method_costs(
     - *exact sweep*: one full forward per head (vision tower included), rows batched as memory allows;
     - *exact, prefix reused*: the image prefix once, then per layer ``l`` its heads as rows of a
       suffix-only forward through layers ``l..L-1`` (:func:`vlmloc.sweeps.head_patch_scores`; its
-      batches never mix layers, so at most ``heads`` rows, each with its own copy of the prefix cache);
+      batches never mix layers, so at most ``heads`` rows; the prefix cache is shared, but counted per
+      row: each layer's concatenation of prefix and suffix keys materializes it per row);
     - *attribution patching*: the base prefix, then the base suffix forward and backward (~3
       suffix forwards), batch 1.
 
