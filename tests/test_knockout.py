@@ -17,6 +17,7 @@ import vlmloc.experiments.ch05_attention_knockout as ko
 from vlmloc.evaluate import run_condition
 from vlmloc.interventions import AttentionKnockout
 from vlmloc.paper import knockout_layers
+from vlmloc.report import ch05 as report
 from vlmloc.store import ResultsStore
 
 matplotlib.use("Agg")
@@ -177,16 +178,16 @@ def test_localization_needing_later_layers_is_found():
     s = _summary([10, 10, 10, 10, 10], [10, 10, 60, 85, 90])
     assert ko.critical_windows(s, "classification") == ["0-3", "1-4"]
     assert ko.critical_windows(s, "localization") == ["0-3", "1-4", "2-5", "3-6", "4-7"]
-    assert "reach later layers than classification's, as the paper" in ko.depth_finding(s)
+    assert "reach later layers than classification's, as the paper" in report.depth_finding(s)
     assert ko.harm_depth(s, "localization") == 3.5  # the mean of the window centres 1.5 .. 5.5
     assert ko.harm_depth(s, "classification") < 3.0
 
 
 def test_the_same_layers_for_both_tasks_is_reported_against_the_paper():
     s = _summary([10, 10, 80, 80, 80], [10, 10, 90, 90, 90])
-    assert "unlike the paper" in ko.depth_finding(s)
+    assert "unlike the paper" in report.depth_finding(s)
     s = _summary([80, 80, 80, 80, 80], [10, 10, 90, 90, 90])
-    assert "cannot say" in ko.depth_finding(s)
+    assert "cannot say" in report.depth_finding(s)
 
 
 def test_random_tokens_as_harmful_as_the_object_make_no_critical_window():
@@ -194,7 +195,7 @@ def test_random_tokens_as_harmful_as_the_object_make_no_critical_window():
     for w in s["knockout"]["random"]:
         s["knockout"]["random"][w] = _entry(12, 11)
     assert ko.critical_windows(s, "localization") == []
-    assert "no window costs more than 2 standard errors" in ko.task_finding(s, "localization")
+    assert "no window costs more than 2 standard errors" in report.task_finding(s, "localization")
 
 
 def test_most_harmful_window_and_the_paper_range():
@@ -205,24 +206,26 @@ def test_most_harmful_window_and_the_paper_range():
     assert knockout_layers("llava-hf/llava-1.5-7b-hf", 8) == (0, 4)
     assert knockout_layers("OpenGVLab/InternVL3_5-8B-HF", 8) == (3, 7)
     assert knockout_layers("llava-hf/llava-1.5-7b-hf", 32) == (0, 20)
-    assert mh["in_paper_range"] and "inside the paper's" in ko.paper_finding(s)
+    assert mh["in_paper_range"] and "inside the paper's" in report.paper_finding(s)
     late = _summary([70, 70, 70, 70, 5], [80, 80, 80, 80, 2])
-    assert "outside" in ko.paper_finding(late)
-    assert "inside" in ko.paper_finding(_summary([70, 70, 70, 70, 5], [80, 80, 80, 80, 2], family="internvl"))
+    assert "outside" in report.paper_finding(late)
+    assert "inside" in report.paper_finding(
+        _summary([70, 70, 70, 70, 5], [80, 80, 80, 80, 2], family="internvl")
+    )
 
 
 def test_table_and_plot_show_every_window():
     from vlmloc import plots
 
     s = _summary([10, 10, 10, 10, 10], [10, 10, 60, 85, 90])
-    table = ko.knockout_table(s)
+    table = report.knockout_table(s)
     assert list(table.index) == ["none (baseline)", "0-3", "1-4", "2-5", "3-6", "4-7", "all"]
     assert table.loc["2-5", "Cls object"] == "60.0 ± 1.0"
     fig = plots.plot_knockout_curves(s)
     assert len(fig.axes) == 2
     s.update(n_samples=100, most_harmful={t: ko.most_harmful(s, t) for t in ko.TASKS})
     s["critical"] = {t: ko.critical_windows(s, t) for t in ko.TASKS}
-    page = ko.results_table({"toy": {ko.CHAPTER: s}, "other": {"01_data_and_baselines": {}}})
+    page = report.results_table({"toy": {ko.CHAPTER: s}, "other": {"01_data_and_baselines": {}}})
     assert list(page["task"]) == list(ko.TASKS) and not page.isna().any().any()
     assert page.set_index("task").loc["classification", "% there (baseline)"] == "Cls 10.0 (90.0)"
 

@@ -20,6 +20,7 @@ from vlmloc.probes import (
     split_images,
     tower_grid,
 )
+from vlmloc.report import ch04 as report
 from vlmloc.scoring import position_ids
 from vlmloc.sites import hidden_sites
 
@@ -207,7 +208,7 @@ def test_probes_read_positions_above_their_control_and_summarize(toy_llava, imag
         assert x["cell_acc"] <= min(x["row_acc"], x["col_acc"])
     assert set(s["corners"]) == {"projector", "best_llm"}
     assert s["peaks"]["llm"]["site"].startswith("llm.") and s["peaks"]["llm"]["site"] != "llm.input"
-    for f in (pd4.decoding_finding, pd4.tower_finding, pd4.corner_finding):
+    for f in (report.decoding_finding, report.tower_finding, report.corner_finding):
         assert "toy-llava" in f(s)
     again, none = pd4.run_probes(
         toy_llava, train, test, params, store, {"t": 1}, batch_size=16, progress=False

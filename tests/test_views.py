@@ -18,6 +18,7 @@ from PIL import Image
 from vlmloc.data import Sample
 from vlmloc.geometry import ImageLayout, View
 from vlmloc.params import ParameterError
+from vlmloc.report import ch03 as report
 
 
 def _sample(i: int, share: float, size: tuple[int, int] = (400, 200)) -> Sample:
@@ -259,34 +260,34 @@ def _summary(global_loc, local_loc, small_n=40, large_local=None):
 
 
 def test_findings_say_whether_the_run_agrees_with_the_paper():
-    agree = vw.findings(_summary(global_loc=10, local_loc=50))
+    agree = report.findings(_summary(global_loc=10, local_loc=50))
     assert "the thumbnail matters more than the tiles, as in the paper" in agree["loc"]
     assert "72.64→36.20" in agree["loc"]
-    reverse = vw.findings(_summary(global_loc=50, local_loc=10))
+    reverse = report.findings(_summary(global_loc=50, local_loc=10))
     assert "the tiles matter more than the thumbnail, unlike the paper" in reverse["loc"]
-    same = vw.findings(_summary(global_loc=59, local_loc=59))
+    same = report.findings(_summary(global_loc=59, local_loc=59))
     assert "neither view" in same["loc"]
-    assert "no conclusion" in vw.findings(_summary(10, 50, small_n=12))["small"]
+    assert "no conclusion" in report.findings(_summary(10, 50, small_n=12))["small"]
     assert "sensitive to both views" in agree["small"]  # both views drop Loc and Cls for small objects
-    rises = vw.findings(_summary(10, 50, large_local=80))["large"]
+    rises = report.findings(_summary(10, 50, large_local=80))["large"]
     assert "rises without the tiles, as in the paper" in rises
-    drops = vw.findings(_summary(10, 30))["large"]
+    drops = report.findings(_summary(10, 30))["large"]
     assert "drops without the tiles, where the paper sees it rise" in drops
     assert "specific to the object" in agree["controls"]
 
 
 def test_tables_put_the_papers_table_3_beside_ours():
     s = _summary(10, 50)
-    t = vw.views_table(s)
+    t = report.views_table(s)
     assert t.loc["object, thumbnail only", "InternVL-3.5-8B Loc (paper)"] == "36.20 ↓36.4"
     assert t.loc["object, tiles only", "InternVL-3.5-8B Cls (paper)"] == "76.65 ↓6.6"
     assert t.loc["baseline", "InternVL-3.5-8B Loc (paper)"] == "72.64"
     assert t.loc["random, tiles", "InternVL-3.5-8B Loc (paper)"] == "—"
     assert t.loc["object, thumbnail only", "Loc % (toy-internvl)"] == "10.0 ± 2.0 ↓50.0"
-    b = vw.by_size_table(s)
+    b = report.by_size_table(s)
     assert "Loc ↑6.5" in b.loc["object, tiles only", "InternVL-3.5-8B (paper)"]
     assert b.loc["object, tiles only", "large (n=40) Loc %"] == "50.0 ± 5.0 ↓10.0"
-    r = vw.results_table({"toy-internvl": {"03_views": s}, "other": {"01_data_and_baselines": {}}})
+    r = report.results_table({"toy-internvl": {"03_views": s}, "other": {"01_data_and_baselines": {}}})
     assert list(r["model"].unique()) == ["toy-internvl"] and len(r) == 6
     g = r.set_index("condition").loc["object, thumbnail only"]
     assert g["InternVL-3.5-8B Loc (paper)"] == 36.20 and g["Loc large"] == 10

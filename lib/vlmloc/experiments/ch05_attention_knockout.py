@@ -13,6 +13,8 @@ Generation holds the block on every step (:class:`~vlmloc.interventions.Attentio
 Token sets are index sets over the image's visual tokens, fixed per sample and seed, so a
 resumed run blocks exactly what an uninterrupted one would.
 
+Tables and findings are in :mod:`vlmloc.report.ch05`, the figures in :mod:`vlmloc.plots.knockout`::
+
     exp = Knockout(vlm, samples, KnockoutParams(config, window=4, stride=1), store)
     summary = exp.run_all()    # written to 05_attention_knockout.json
 """
@@ -26,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
 from ..adapter import VLM, Prefix
@@ -48,13 +49,8 @@ __all__ = [
     "KnockoutParams",
     "critical_windows",
     "harm_depth",
-    "depth_finding",
-    "knockout_table",
     "most_harmful",
-    "paper_finding",
     "query_from",
-    "results_table",
-    "task_finding",
     "window_label",
 ]
 
@@ -68,7 +64,6 @@ PAPER_MODEL: dict[str, str] = {
 }
 #: Which rate each task is scored by in a summary entry.
 KEY = {"localization": "loc", "classification": "cls"}
-NAME = {"localization": "Loc", "classification": "Cls"}
 
 
 def window_label(first: int, last: int) -> str:
@@ -291,7 +286,7 @@ class Knockout:
         return self.summary(self.knockout(progress))
 
 
-# --- tables and findings ---------------------------------------------------------------------
+# --- the windows that matter, for the summary ------------------------------------------------
 
 
 def _windows(summary: Mapping) -> list[str]:
@@ -365,139 +360,3 @@ def critical_windows(summary: Mapping, task: str) -> list[str]:
         if below_base and below_rnd and drops[w] >= top / 2:
             out.append(w)
     return out
-
-
-def _cell(e: Mapping, k: str) -> str:
-    return f"{e[k]:.1f} ± {e[f'{k}_se']:.1f}"
-
-
-def knockout_table(summary: Mapping) -> pd.DataFrame:
-    """Per window (and "all"): Loc and Cls with SE when the object, random tokens or the image is blocked."""
-    ko, b = summary["knockout"], summary["baseline"]
-    rows = [
-        {
-            "layers": "none (baseline)",
-            **{f"{NAME[t]} {n}": _cell(b, KEY[t]) for t in TASKS for n in TOKEN_SETS},
-        }
-    ]
-    for w in summary["windows"]:
-        rows.append(
-            {
-                "layers": w,
-                **{
-                    f"{NAME[t]} {n}": _cell(ko[n][w], KEY[t])
-                    for t in TASKS
-                    for n in TOKEN_SETS
-                    if w in ko.get(n, {})
-                },
-            }
-        )
-    return pd.DataFrame(rows).set_index("layers")
-
-
-def task_finding(summary: Mapping, task: str) -> str:
-    """One sentence: which windows matter for ``task``, against random tokens and the whole image."""
-    m, k, name = summary["model_id"], KEY[task], NAME[task]
-    b, ko = summary["baseline"], summary["knockout"]
-    mh = most_harmful(summary, task)
-    if mh["window"] is None:
-        return f"On {m}, no layer window fits the depth; only the all-layer knockout was run."
-    w = mh["window"]
-    crit = critical_windows(summary, task)
-    allk = ko["object"]["all"][k]
-    head = (
-        f"On {m}, blocking the text from the object's tokens hurts {task} most in layers {w} "
-        f"({name} {b[k]:.1f}→{mh['score']:.1f}%, random tokens {mh['random']:.1f}%, "
-        f"whole image {ko['image'][w][k]:.1f}%; all layers {allk:.1f}%)"
-    )
-    if b[k] < 2 * max(b[f"{k}_se"], 1.0):
-        return head + f"; the baseline {name} is too low for a drop to show."
-    if not crit:
-        return (
-            head + "; no window costs more than 2 standard errors beyond both the baseline and random tokens."
-        )
-    return (
-        head
-        + f"; the windows that cost at least half of that drop, beyond 2 SE of baseline and random tokens: {', '.join(crit)}."
-    )
-
-
-def depth_finding(summary: Mapping) -> str:
-    """One sentence: does localization need later layers than classification?"""
-    m = summary["model_id"]
-    crit = {t: critical_windows(summary, t) for t in TASKS}
-    if not crit["localization"] or not crit["classification"]:
-        none = " and ".join(t for t in TASKS if not crit[t])
-        return (
-            f"On {m}, no window matters beyond 2 standard errors for {none}, so this run cannot say whether "
-            "localization needs later layers than classification (the paper: both share early layers, "
-            "localization needs more)."
-        )
-    depth = {t: harm_depth(summary, t) for t in TASKS}
-    last = {t: max(_first(w) for w in crit[t]) for t in TASKS}
-    first = {t: min(_first(w) for w in crit[t]) for t in TASKS}
-    shared = sorted(set(crit["localization"]) & set(crit["classification"]), key=_first)
-    head = (
-        f"On {m}, the object's tokens matter for localization in windows {', '.join(crit['localization'])} and "
-        f"for classification in {', '.join(crit['classification'])}"
-        + (f" (shared: {', '.join(shared)})" if shared else " (none shared)")
-        + f"; weighted by the cost beyond random tokens, localization reads the object at mean layer "
-        f"{depth['localization']:.1f} and classification at {depth['classification']:.1f}"
-    )
-    if last["localization"] > last["classification"]:
-        tail = (
-            "; localization's windows reach later layers than classification's, as the paper reports "
-            "(recognition, then localization)."
-        )
-    elif last["localization"] == last["classification"] and first["localization"] == first["classification"]:
-        tail = "; both tasks need the same layers, unlike the paper, where localization needs further layers."
-    else:
-        tail = "; localization does not need later layers than classification, unlike the paper."
-    return head + tail
-
-
-def paper_finding(summary: Mapping) -> str:
-    """One sentence: where the most harmful windows sit against the paper's range scaled by depth."""
-    m, p = summary["model_id"], summary["paper"]
-    mh = {t: most_harmful(summary, t) for t in TASKS}
-    lo, hi = p["layers"]
-    range_ = f"{p['words']} ({p['model']}; at {summary['n_layers']} layers, layers {lo}-{hi})"
-    if any(mh[t]["window"] is None for t in TASKS):
-        return f"On {m}, there are no sliding windows to compare with the paper's {range_}."
-    parts = [f"{NAME[t]} {mh[t]['window']}" for t in TASKS]
-    inside = [mh[t]["in_paper_range"] for t in TASKS]
-    where = "inside" if all(inside) else "outside" if not any(inside) else "partly inside"
-    return f"On {m}, the most harmful windows ({', '.join(parts)}) lie {where} the paper's {range_}."
-
-
-def results_table(collected: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:
-    """For the results page: per model and task, the most harmful window beside the paper's range.
-
-    ``collected`` is :func:`vlmloc.report.collect_summaries`'s ``{model: {chapter: summary}}``.
-    """
-    rows = []
-    for model, chapters in sorted(collected.items()):
-        s = chapters.get(CHAPTER)
-        if not s:
-            continue
-        p = s["paper"]
-        for task in TASKS:
-            mh = s["most_harmful"][task]
-            k = KEY[task]
-            rows.append(
-                {
-                    "model": model,
-                    "task": task,
-                    "most harmful window": mh["window"],
-                    "% there (baseline)": f"{NAME[task]} {mh['score']:.1f} ({s['baseline'][k]:.1f})"
-                    if mh["window"]
-                    else "—",
-                    "random tokens there": f"{mh['random']:.1f}" if mh["window"] else "—",
-                    "windows needed": ", ".join(s["critical"][task]) or "none",
-                    "paper's range (scaled)": f"{p['words']} of {p['model']}: layers {p['layers'][0]}-{p['layers'][1]} "
-                    f"of {s['n_layers']}",
-                    "in range": "yes" if mh.get("in_paper_range") else "no",
-                    "n": s["n_samples"],
-                }
-            )
-    return pd.DataFrame(rows)
