@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from functools import partial
 
 import pandas as pd
 
 from ..experiments.ch02_containerization import ABLATIONS, PADDINGS, SHUFFLES
 from ..paper import INTERNVL_8B, LLAVA_7B, MODELS, RESULTS, conditions_of, paper_result
-from .common import can_drop, se_of_difference
+from .common import can_drop, rate_cell, se_of_difference
 
 __all__ = [
     "LABELS",
@@ -50,13 +51,7 @@ def _paper(model: str, condition: str) -> dict | None:
     return paper_result(model, PAPER_CONDITION.get(condition))
 
 
-def _cell(value: float, se: float | None = None, change: float | None = None) -> str:
-    text = f"{value:.2f}"
-    if se is not None:
-        text += f" ± {se:.2f}"
-    if change is not None:
-        text += f" {'↑' if change > 0 else '↓'}{abs(change):.1f}"
-    return text
+_cell = partial(rate_cell, digits=2)  # Loc/Cls cells of this chapter's tables
 
 
 def _paper_cells(condition: str) -> dict[str, str]:

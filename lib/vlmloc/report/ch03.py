@@ -8,12 +8,13 @@ plain summaries, so the tables and findings are testable without a model.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 
 import pandas as pd
 
 from ..experiments.ch03_views import CONDITIONS, MIN_FINDING_N, SIZE_CLASSES
 from ..paper import MODELS, RESULTS, VIEWS_BY_SIZE, VIEWS_CONDITIONS
-from .common import can_drop, chapter_runs, se_of_difference
+from .common import can_drop, chapter_runs, rate_cell, se_of_difference
 
 __all__ = [
     "LABELS",
@@ -41,13 +42,7 @@ PAPER_MODEL = "OpenGVLab/InternVL3_5-8B-HF"
 # --- tables ------------------------------------------------------------------------------------
 
 
-def _cell(value: float, se: float | None = None, change: float | None = None) -> str:
-    text = f"{value:.1f}"
-    if se is not None:
-        text += f" ± {se:.1f}"
-    if change is not None:
-        text += f" {'↑' if change > 0 else '↓'}{abs(change):.1f}"
-    return text
+_cell = partial(rate_cell, digits=1)  # Loc/Cls cells of this chapter's tables
 
 
 def _paper(condition: str) -> dict | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["can_drop", "chapter_runs", "number", "se_of_difference", "styled"]
+__all__ = ["can_drop", "chapter_runs", "number", "rate_cell", "se_of_difference", "styled"]
 
 
 def number(x: Any, nd: int = 2) -> float | None:
@@ -22,6 +22,16 @@ def number(x: Any, nd: int = 2) -> float | None:
 def styled(table: pd.DataFrame, precision: int = 2):
     """A table for display: fixed decimals and an em dash where a number is not reported."""
     return table.style.format(precision=precision, na_rep="—")
+
+
+def rate_cell(value: float, se: float | None = None, change: float | None = None, digits: int = 1) -> str:
+    """A rate as a table cell: ``"26.0 ± 3.2 ↓7.3"`` (the change from baseline always to 0.1)."""
+    text = f"{value:.{digits}f}"
+    if se is not None:
+        text += f" ± {se:.{digits}f}"
+    if change is not None:
+        text += f" {'↑' if change > 0 else '↓'}{abs(change):.1f}"
+    return text
 
 
 def se_of_difference(*ses: float) -> float:
