@@ -57,14 +57,14 @@ def bench_heads(model_id: str, n_pairs: int = 20, batch_size: int = 64, threads:
     vlm = load_model(model_id, device="cpu")
     pairs = _pairs(vlm, n_pairs)
     n_heads = vlm.n_layers * vlm.n_heads
-    times, results = {}, {}
-    for name, kw in (
-        ("batched", dict(batch_size=batch_size)),
-        ("loop", dict(batch_size=1, reuse_prefix=False)),
-    ):
-        t0 = time.perf_counter()
-        results[name] = [head_patch_scores(vlm, s, b, a, "localization", **kw) for s, b, a in pairs]
-        times[name] = time.perf_counter() - t0
+    methods = {"batched": dict(batch_size=batch_size), "loop": dict(batch_size=1, reuse_prefix=False)}
+    times = dict.fromkeys(methods, 0.0)
+    results: dict[str, list] = {name: [] for name in methods}
+    for s, b, a in pairs:  # both methods pair by pair, so a drift in machine speed hits both alike
+        for name, kw in methods.items():
+            t0 = time.perf_counter()
+            results[name].append(head_patch_scores(vlm, s, b, a, "localization", **kw))
+            times[name] += time.perf_counter() - t0
     diff = max(
         float((f.patched.token_logprobs - s.patched.token_logprobs).abs().max())
         for f, s in zip(results["batched"], results["loop"], strict=True)
