@@ -103,21 +103,9 @@ def _cache_rows(cache: Any, rows: int, row: int | None) -> Any:
 
 
 def _stack_rows(*encs: Any) -> dict:
-    """One-row encodings of the same token layout as one batch (pixel values: every tile, in order)."""
+    """One-row encodings of the same token layout as one batch (pixel values: every tile, in order);
+    one encoding repeated is the loop's batch of heads."""
     return {k: torch.cat([e[k] for e in encs]) if torch.is_tensor(v) else v for k, v in encs[0].items()}
-
-
-def _repeat_rows(inputs: dict, rows: int) -> dict:
-    """A one-row input repeated ``rows`` times (pixel values hold one entry per tile: repeat them all)."""
-    out = {}
-    for k, v in inputs.items():
-        if not torch.is_tensor(v):
-            out[k] = v
-        elif k == "pixel_values":
-            out[k] = v.repeat(rows, *[1] * (v.dim() - 1))
-        else:
-            out[k] = v.expand(rows, *v.shape[1:])
-    return out
 
 
 def head_patch_scores(
@@ -157,13 +145,13 @@ def head_patch_scores(
     read = HeadRead(layers)
     source = vlm.score(source_enc, [answer], task, [read])
     inputs, targets, _ = teacher_forced_inputs(base_enc, [ids], pad)
-    run = _Run(vlm, inputs, targets, scored, prompt_len, read.values)
+    run = _Run(vlm, inputs, targets, scored, prompt_len)
     base = vlm.score(base_enc, [answer], task)
-    return PatchScores(heads, source, base, run.full(heads, batch_size, task, progress))
+    return PatchScores(heads, source, base, run.full(heads, read.values, batch_size, task, progress))
 
 
 class _Run:
-    """One base run being patched: its inputs, answer targets and the source's head values."""
+    """One base run being patched: its inputs and answer targets."""
 
     def __init__(
         self,
@@ -172,9 +160,8 @@ class _Run:
         targets: torch.Tensor,
         scored: torch.Tensor,
         prompt_len: int,
-        source: dict | None = None,
     ):
-        self.vlm, self.inputs, self.targets, self.scored, self.source = vlm, inputs, targets, scored, source
+        self.vlm, self.inputs, self.targets, self.scored = vlm, inputs, targets, scored
         self.prompt_len = prompt_len
         self.start = first_after_image(vlm, inputs["input_ids"])
         self.total = inputs["input_ids"].shape[1]
@@ -187,10 +174,12 @@ class _Run:
         s = self.prompt_len - 1 - offset
         return slice(s, s + self.targets.shape[1])
 
-    def _patch(self, chunk: Sequence[Head]) -> HeadPatch:
-        return HeadPatch([[h] for h in chunk], self.source, from_pos=self.start, source_rows=[0] * len(chunk))
+    def _patch(self, chunk: Sequence[Head], source: dict) -> HeadPatch:
+        return HeadPatch([[h] for h in chunk], source, from_pos=self.start, source_rows=[0] * len(chunk))
 
-    def full(self, heads: Sequence[Head], batch_size: int, task: str, progress: bool) -> AnswerScores:
+    def full(
+        self, heads: Sequence[Head], source: dict, batch_size: int, task: str, progress: bool
+    ) -> AnswerScores:
         """Each batch of heads as one full forward (the reference loop at ``batch_size=1``)."""
         parts = []
         for i in tqdm(
@@ -198,7 +187,7 @@ class _Run:
         ):
             chunk = heads[i : i + batch_size]
             logits = self.vlm.forward(
-                _repeat_rows(self.inputs, len(chunk)), [self._patch(chunk)], self._answer_at(0)
+                _stack_rows(*[self.inputs] * len(chunk)), [self._patch(chunk, source)], self._answer_at(0)
             )
             parts.append(self._scores(logits))
         return _cat(parts)
@@ -221,7 +210,7 @@ class _Run:
             self._answer_at(start),
             step,
         )
-        self.source = {la: _absolute(v[:1], start) for la, v in read.values.items()}
+        source = {la: _absolute(v[:1], start) for la, v in read.values.items()}
         known = {la: outputs.values[f"llm.{la}"][1:].to(vlm.device, vlm.dtype) for la in range(vlm.n_layers)}
         order = sorted(range(len(heads)), key=lambda i: heads[i])
         parts, done = [], []
@@ -232,7 +221,9 @@ class _Run:
                 chunk = [heads[i] for i in idx]
                 skip = LayerSkip({la: known[la] for la in range(layer)}, len(chunk))
                 inputs = _suffix_inputs(self.inputs, start, len(chunk), cache, row=1)
-                logits_p = vlm.forward(inputs, [skip, self._patch(chunk)], self._answer_at(start), step)
+                logits_p = vlm.forward(
+                    inputs, [skip, self._patch(chunk, source)], self._answer_at(start), step
+                )
                 parts.append(self._scores(logits_p))
                 done.extend(idx)
         patched = _cat(parts)
