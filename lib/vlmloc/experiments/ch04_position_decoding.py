@@ -35,6 +35,7 @@ __all__ = [
     "paper_scale_cost",
     "corner_interior",
     "image_set_key",
+    "mean_row_col",
     "paper_peak",
     "position_summary",
     "probe_images",
@@ -148,7 +149,8 @@ def _site_key(name: str) -> tuple[str, int]:
     return s.stage, s.layer
 
 
-def _mean_rc(r: Mapping) -> float:
+def mean_row_col(r: Mapping) -> float:
+    """The mean of a site's row and column accuracy: the one number the path is read by."""
     return (r["row_acc"] + r["col_acc"]) / 2
 
 
@@ -215,7 +217,7 @@ def position_summary(model_id: str, results: Mapping[str, Mapping], family: str,
     peaks = {}
     for stage in STAGES:
         cand = [s for s in sites if s["stage"] == stage and not (stage == "llm" and s["layer"] < 0)]
-        best = max(cand, key=_mean_rc)
+        best = max(cand, key=mean_row_col)
         peaks[stage] = {"site": best["site"], "layer": best["layer"], "row_acc": best["row_acc"],
                         "col_acc": best["col_acc"], "cell_acc": best["cell_acc"]}  # fmt: skip
     n_llm = sum(s["stage"] == "llm" and s["layer"] >= 0 for s in sites)

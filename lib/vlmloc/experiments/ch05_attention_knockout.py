@@ -21,7 +21,6 @@ Tables and findings are in :mod:`vlmloc.report.ch05`, the figures in :mod:`vlmlo
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from ..families import TASKS
 from ..geometry import ImageLayout
 from ..interventions import AttentionKnockout, layer_windows, random_indices
 from ..paper import KNOCKOUT_LAYERS, MODELS, N_LAYERS, knockout_layers
+from ..report.common import se_of_difference
 from ..store import ResultsStore
 from .base import loc_cls, rate, sample_rng, with_change
 from .ch02_containerization import index_layout
@@ -51,6 +51,7 @@ __all__ = [
     "harm_depth",
     "most_harmful",
     "query_from",
+    "window_first",
     "window_label",
 ]
 
@@ -92,11 +93,6 @@ class KnockoutParams:
     max_new_tokens: int = 24
     reuse_prefix: bool = True  # run the image prefix once per batch for all conditions (exact)
     extra: dict = field(default_factory=dict)  # copied into the summary
-
-
-def _se(*ses: float) -> float:
-    """Standard error of a difference, treating the conditions as independent (conservative when paired)."""
-    return math.sqrt(sum(s * s for s in ses))
 
 
 class Knockout:
@@ -293,7 +289,8 @@ def _windows(summary: Mapping) -> list[str]:
     return [w for w in summary["windows"] if w != "all"]
 
 
-def _first(label: str) -> int:
+def window_first(label: str) -> int:
+    """The first layer of a window label such as ``"2-5"``."""
     return int(label.split("-")[0])
 
 
@@ -314,7 +311,7 @@ def most_harmful(summary: Mapping, task: str) -> dict:
     wins = _windows(summary)
     if not wins:
         return {"window": None}
-    best = min(wins, key=lambda w: (ko["object"][w][k], _first(w)))
+    best = min(wins, key=lambda w: (ko["object"][w][k], window_first(w)))
     obj, rnd = ko["object"][best], ko["random"][best]
     base = summary["baseline"]
     return {
@@ -322,7 +319,7 @@ def most_harmful(summary: Mapping, task: str) -> dict:
         "score": obj[k],
         "drop": rate(base[k] - obj[k]),
         "random": rnd[k],
-        "beyond_random": bool(rnd[k] - obj[k] > 2 * _se(obj[f"{k}_se"], rnd[f"{k}_se"])),
+        "beyond_random": bool(rnd[k] - obj[k] > 2 * se_of_difference(obj[f"{k}_se"], rnd[f"{k}_se"])),
         "in_paper_range": _inside(best, summary["paper"]["layers"]),
     }
 
@@ -355,8 +352,8 @@ def critical_windows(summary: Mapping, task: str) -> list[str]:
     out = []
     for w in wins:
         obj, rnd = ko["object"][w], ko["random"][w]
-        below_base = drops[w] > 2 * _se(base[f"{k}_se"], obj[f"{k}_se"])
-        below_rnd = rnd[k] - obj[k] > 2 * _se(rnd[f"{k}_se"], obj[f"{k}_se"])
+        below_base = drops[w] > 2 * se_of_difference(base[f"{k}_se"], obj[f"{k}_se"])
+        below_rnd = rnd[k] - obj[k] > 2 * se_of_difference(rnd[f"{k}_se"], obj[f"{k}_se"])
         if below_base and below_rnd and drops[w] >= top / 2:
             out.append(w)
     return out

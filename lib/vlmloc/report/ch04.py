@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from ..experiments.ch04_position_decoding import CHAPTER, _mean_rc
+from ..experiments.ch04_position_decoding import CHAPTER, mean_row_col
 from ..paper import MODELS, POSITION_PEAKS
 from .common import chapter_runs
 
@@ -71,10 +71,10 @@ def peak_table(collected: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:
             {
                 "model": model,
                 "source": "this book",
-                "tower first -> last (row/col mean %)": f"{_mean_rc(first):.1f} -> {_mean_rc(last):.1f}",
-                "projector %": round(_mean_rc(p["projector"]), 1),
+                "tower first -> last (row/col mean %)": f"{mean_row_col(first):.1f} -> {mean_row_col(last):.1f}",
+                "projector %": round(mean_row_col(p["projector"]), 1),
                 "LLM peak layer": f"{p['llm']['layer']} of {sum(x['stage'] == 'llm' and x['layer'] >= 0 for x in s['sites'])}",
-                "LLM peak %": round(_mean_rc(p["llm"]), 1),
+                "LLM peak %": round(mean_row_col(p["llm"]), 1),
                 "corners / interior at projector (cell %)": _ci(s["corners"]["projector"]["cell_acc"]),
                 "chance row %": s["chance"]["row"],
             }
@@ -103,7 +103,7 @@ def tower_finding(summary: Mapping) -> str:
     tower = [s for s in summary["sites"] if s["stage"] == "tower"]
     first, last = tower[0], tower[-1]
     ch = summary["tower_chance"]["row"]
-    a, b = _mean_rc(first), _mean_rc(last)
+    a, b = mean_row_col(first), mean_row_col(last)
     model = summary["model_id"]
     if b >= 0.9 * a:
         verdict = (f"{model}'s tower keeps positions to its last layer, unlike the CLIP-like towers of the paper; "
@@ -132,13 +132,13 @@ def decoding_finding(summary: Mapping) -> str:
     n_llm = sum(s["stage"] == "llm" and s["layer"] >= 0 for s in summary["sites"])
     proj, llm_in, best = sites["projector"], sites["llm.input"], p["llm"]
     last = sites[f"llm.{n_llm - 1}"]
-    b, e = _mean_rc(best), _mean_rc(last)
+    b, e = mean_row_col(best), mean_row_col(last)
     paper = summary.get("paper_peak")
     head = (
-        f"On {summary['model_id']}, row/column accuracy (the mean of the two probes) is {_mean_rc(proj):.1f}% at "
-        f"the projector and {_mean_rc(llm_in):.1f}% at the LLM input (chance {ch:.1f}%)"
+        f"On {summary['model_id']}, row/column accuracy (the mean of the two probes) is {mean_row_col(proj):.1f}% at "
+        f"the projector and {mean_row_col(llm_in):.1f}% at the LLM input (chance {ch:.1f}%)"
     )
-    if b - _mean_rc(llm_in) <= 5:
+    if b - mean_row_col(llm_in) <= 5:
         tail = f" and does not rise in the LLM (best {b:.1f}% after layer {best['layer']})"
         ref = (
             f", unlike the paper's {paper['model']}, whose probes peak at layer {paper['layer']} of {paper['n_layers']}"
@@ -152,7 +152,7 @@ def decoding_finding(summary: Mapping) -> str:
         tail = (f", then rises in the LLM to a peak of {b:.1f}% after layer {best['layer']} of {n_llm} "
                 f"(depth {best['depth']:.2f}) and falls to {e:.1f}% after the last")  # fmt: skip
     else:
-        first = next(s for s in layers if _mean_rc(s) >= b - 1)
+        first = next(s for s in layers if mean_row_col(s) >= b - 1)
         at = {**first, "depth": round((first["layer"] + 1) / n_llm, 3)}
         tail = (f", then rises in the LLM and levels off: within a point of its best ({b:.1f}%) from layer "
                 f"{at['layer']} of {n_llm} (depth {at['depth']:.2f}) to the last")  # fmt: skip

@@ -16,13 +16,13 @@ from ..experiments.ch05_attention_knockout import (
     CHAPTER,
     KEY,
     TOKEN_SETS,
-    _first,
     critical_windows,
     harm_depth,
     most_harmful,
+    window_first,
 )
 from ..families import TASKS
-from .common import chapter_runs
+from .common import can_drop, chapter_runs, rate_cell
 
 __all__ = [
     "NAME",
@@ -40,7 +40,7 @@ NAME = {"localization": "Loc", "classification": "Cls"}
 
 
 def _cell(e: Mapping, k: str) -> str:
-    return f"{e[k]:.1f} ± {e[f'{k}_se']:.1f}"
+    return rate_cell(e[k], e[f"{k}_se"])
 
 
 def knockout_table(summary: Mapping) -> pd.DataFrame:
@@ -82,7 +82,7 @@ def task_finding(summary: Mapping, task: str) -> str:
         f"({name} {b[k]:.1f}→{mh['score']:.1f}%, random tokens {mh['random']:.1f}%, "
         f"whole image {ko['image'][w][k]:.1f}%; all layers {allk:.1f}%)"
     )
-    if b[k] < 2 * max(b[f"{k}_se"], 1.0):
+    if not can_drop(b, k):
         return head + f"; the baseline {name} is too low for a drop to show."
     if not crit:
         return (
@@ -106,9 +106,9 @@ def depth_finding(summary: Mapping) -> str:
             "localization needs more)."
         )
     depth = {t: harm_depth(summary, t) for t in TASKS}
-    last = {t: max(_first(w) for w in crit[t]) for t in TASKS}
-    first = {t: min(_first(w) for w in crit[t]) for t in TASKS}
-    shared = sorted(set(crit["localization"]) & set(crit["classification"]), key=_first)
+    last = {t: max(window_first(w) for w in crit[t]) for t in TASKS}
+    first = {t: min(window_first(w) for w in crit[t]) for t in TASKS}
+    shared = sorted(set(crit["localization"]) & set(crit["classification"]), key=window_first)
     head = (
         f"On {m}, the object's tokens matter for localization in windows {', '.join(crit['localization'])} and "
         f"for classification in {', '.join(crit['classification'])}"
