@@ -172,12 +172,26 @@ def test_runtime_adds_up_every_run_and_survives_an_interrupt(tmp_path, monkeypat
     monkeypatch.setattr(st.time, "perf_counter", _time.perf_counter)
 
 
-def test_runtime_heartbeat_writes_while_a_stage_runs(tmp_path):
+def test_runtime_heartbeat_writes_while_a_stage_runs(tmp_path, monkeypatch):
+    """The heartbeat writes the open stage's time to disk before it stops; a fake clock says what
+    time it is, so the check does not depend on how fast this machine runs the thread."""
+    import threading
     import time as _time
 
-    rt = ResultsStore(tmp_path, "toy-llava", "x").runtime(CONFIG, heartbeat=0.05)
+    from vlmloc import store as st
+
+    now = [100.0]
+    monkeypatch.setattr(st.time, "perf_counter", lambda: now[0])
+    rt = ResultsStore(tmp_path, "toy-llava", "x").runtime(CONFIG, heartbeat=0.01)
     rt.start("slow")
-    _time.sleep(0.3)
-    on_disk = json.loads(rt.path.read_text())["runs"][rt.run]["slow"]  # a kill now would keep this
-    assert on_disk > 0.1
-    assert rt.stop("slow") >= on_disk
+    assert not rt.path.exists()  # nothing is written before the first beat
+    now[0] = 107.0  # the stage has run 7 s
+    written = threading.Event()
+    for _ in range(2000):  # wait for a beat (bounded: 20 s at most, normally a few ms)
+        if rt.path.exists() and json.loads(rt.path.read_text())["runs"][rt.run].get("slow") == 7.0:
+            written.set()
+            break
+        _time.sleep(0.01)
+    assert written.is_set(), "the heartbeat never wrote the open stage"  # a kill now would keep 7 s
+    now[0] = 109.0
+    assert rt.stop("slow") == 9.0

@@ -1,4 +1,4 @@
-"""COCO loading: the METHODS.md filter on a handmade file, masks and boxes, size classes, errors."""
+"""COCO loading: the book's data filter (methods page) on a handmade file, masks and boxes, size classes, errors."""
 
 from __future__ import annotations
 

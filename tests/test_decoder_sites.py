@@ -111,19 +111,27 @@ def test_layer_windows():
 
 
 # --- null edits ------------------------------------------------------------------------------
+# Each kind's null version goes through the same hooks and writes as a real edit: the checks assert
+# that its hooks ran (so an edit that installs nothing cannot pass) and that a broken null fails.
 
 
 def _null_edits(vlm, enc, layouts):
     read = HeadRead(range(vlm.n_layers))
     vlm.logits(enc, interventions=[read])
     rows = enc["input_ids"].shape[0]
+    every = all_heads(vlm.n_layers, vlm.n_heads)
     return {
-        "empty key set": AttentionKnockout(range(vlm.n_layers), [[]] * rows, [0] * rows),
-        "no layers": _knockout(layouts, []),
-        "every head from its own run": HeadPatch([all_heads(vlm.n_layers, vlm.n_heads)] * rows, read.values),
-        "no heads ablated": HeadAblation([]),
+        "knockout whose queries start after the last position": AttentionKnockout.null(
+            range(vlm.n_layers), [lay.positions for lay in layouts]
+        ),
+        "every head from its own run": HeadPatch([every] * rows, read.values),
+        "every head ablated to its own value": HeadAblation.null(every),
         "identity input edit": InputEdit(lambda emb: emb.clone()),
     }
+
+
+def _sites(vlm, iv) -> set:
+    return {h.site for h in iv.hooks(vlm)}
 
 
 def test_null_edits_leave_logits_unchanged(vlm):
@@ -131,6 +139,7 @@ def test_null_edits_leave_logits_unchanged(vlm):
     ref = vlm.logits(enc)
     for name, iv in _null_edits(vlm, enc, layouts).items():
         assert _close(vlm.logits(enc, interventions=[iv]), ref, NULL_ATOL), name
+        assert iv.calls == dict.fromkeys(_sites(vlm, iv), 1), f"{name}: every hook runs once per forward"
 
 
 def test_null_edits_leave_generation_unchanged(vlm):
@@ -141,6 +150,47 @@ def test_null_edits_leave_generation_unchanged(vlm):
         got: list = []
         assert vlm.generate(enc, max_new_tokens=4, interventions=[iv], step_logits=got) == ref, name
         assert all(_close(a, b, NULL_ATOL) for a, b in zip(got, ref_logits, strict=True)), name
+        steps = len(ref_logits) if iv.every_step else 1  # every step, or the prefill only
+        assert iv.n_calls > 0 and iv.calls == dict.fromkeys(_sites(vlm, iv), steps), name
+
+
+def _zeroing(heads) -> HeadAblation:
+    """A broken null ablation: it claims to write each head's own value but writes zeros."""
+
+    class Broken(HeadAblation):
+        def fill(self, layer, hs, current):
+            return torch.zeros_like(current)
+
+    return Broken(heads, identity=True)
+
+
+def test_a_broken_null_edit_is_caught(vlm):
+    """The null checks can fail: the same edits with one thing wrong move the logits."""
+    enc, layouts, _, _ = _batch(vlm)
+    ref = vlm.logits(enc)
+    keys = [lay.positions for lay in layouts]
+    broken = {
+        "knockout from query 0": AttentionKnockout(range(vlm.n_layers), keys, [0] * len(keys)),
+        "identity ablation that writes zeros": _zeroing(all_heads(vlm.n_layers, vlm.n_heads)),
+        "input edit that doubles": InputEdit(lambda emb: 2 * emb),
+    }
+    for name, iv in broken.items():
+        assert not _close(vlm.logits(enc, interventions=[iv]), ref, NULL_ATOL), name
+        assert iv.n_calls > 0, name
+
+
+def test_edits_of_nothing_install_nothing(vlm):
+    """Why the null checks above use the real-path nulls: these never reach the model at all."""
+    enc, layouts, _, _ = _batch(vlm)
+    for iv in (_knockout(layouts, []), HeadAblation([])):
+        assert iv.hooks(vlm) == []
+        vlm.logits(enc, interventions=[iv])
+        assert iv.n_calls == 0
+    # an empty key set in real layers is no longer skipped: its hooks run and block nothing
+    rows = enc["input_ids"].shape[0]
+    empty = AttentionKnockout(range(vlm.n_layers), [[]] * rows, [0] * rows)
+    assert _close(vlm.logits(enc, interventions=[empty]), vlm.logits(enc), NULL_ATOL)
+    assert empty.calls == {("mask", la): 1 for la in range(vlm.n_layers)}
 
 
 def test_generate_matches_plain_hugging_face_generate(vlm):

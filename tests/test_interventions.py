@@ -132,8 +132,10 @@ def test_null_edits_leave_logits_unchanged(tiny_vlm):
         "permute one token": iv.apply_edits([iv.permute(lay, [k], np.random.default_rng(0))]),
     }
     for name, edit in null_edits.items():
-        out = tiny_vlm.logits(enc, edit=edit)
+        kind = iv.InputEdit(edit)
+        out = tiny_vlm.logits(enc, interventions=[kind])
         assert (out - base).abs().max() < 1e-5, name
+        assert kind.calls == {("embeds",): 1}, f"{name}: the edit must run, once, on the LLM input"
     # and a real edit of the same token is not null: it is visible at the last position
     real = tiny_vlm.logits(
         enc, edit=iv.apply_edits([iv.replace_with(lay, [k], 10 * emb[0, lay.positions[k]])])
@@ -151,10 +153,12 @@ def test_null_edit_generation_matches_plain_generation(tiny_vlm):
         return iv.apply_edits([iv.copy_from(lay, idx, idx)])(e)
 
     plain = tiny_vlm.generate(enc, max_new_tokens=4)
-    edited = tiny_vlm.generate(enc, max_new_tokens=4, edit=null)
+    kind = iv.InputEdit(null)
+    edited = tiny_vlm.generate(enc, max_new_tokens=4, interventions=[kind])
     assert edited == plain
     # the edit runs once, on the prefill (the whole prompt), not on the decoding steps
     assert calls == [(1, enc["input_ids"].shape[1], tiny_vlm.config.text_config.hidden_size)]
+    assert kind.calls == {("embeds",): 1}  # and the executor counted that one call
 
 
 def test_real_edit_on_llm_input_embeddings(tiny_vlm):

@@ -7,6 +7,7 @@ findings are tested on hand-made summaries, so each rule can be seen to fail.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -77,19 +78,24 @@ def test_run_condition_passes_interventions_per_batch(toy_llava, samples, tmp_pa
     store = ResultsStore(tmp_path, toy_llava.model_id, "hooks")
     kw = dict(batch_size=3, max_new_tokens=12, progress=False)
     base = run_condition(toy_llava, samples, "localization", store, "base", {}, **kw)
-    seen = []
+    seen: list[AttentionKnockout] = []
 
-    def empty(chunk, layouts):
-        seen.append(len(chunk))
-        return [AttentionKnockout(range(8), [[]] * len(chunk), [ko.query_from(lay) for lay in layouts])]
+    def null_knockout(chunk, layouts):
+        seen.append(AttentionKnockout.null(range(8), [lay.positions for lay in layouts]))
+        return seen[-1:]
 
     def full(chunk, layouts):
         keys = [lay.positions for lay in layouts]
         return [AttentionKnockout(range(8), keys, [ko.query_from(lay) for lay in layouts])]
 
-    null = run_condition(toy_llava, samples, "localization", store, "null", {}, interventions_for=empty, **kw)
-    assert seen == [3, 3]
+    null = run_condition(
+        toy_llava, samples, "localization", store, "null", {}, interventions_for=null_knockout, **kw
+    )
+    assert [len(k.keys) for k in seen] == [3, 3]
     assert [r["answer"] for r in null] == [r["answer"] for r in base]
+    for k in seen:  # the null knockout ran its mask hook in every layer, at every generation step
+        assert set(k.calls) == {("mask", layer) for layer in range(8)}
+        assert min(k.calls.values()) > 1
     blind = run_condition(
         toy_llava, samples, "localization", store, "blind", {}, interventions_for=full, **kw
     )
@@ -214,6 +220,37 @@ def test_most_harmful_window_and_the_paper_range():
     )
 
 
+def test_guess_finding_names_the_frequent_answer_where_the_image_beats_the_object():
+    s = _summary([10, 10, 10, 10, 10], [10, 10, 10, 10, 10])
+    s["knockout"]["image"]["1-4"] = _entry(0, 40)
+    answers = {w: ["circle"] * 10 for w in s["windows"]}
+    answers["1-4"] = ["Triangle."] * 7 + ["circle"] * 3
+    text = report.guess_finding(s, answers)
+    assert "in layers 1-4 leaves Cls at 40.0%, above the 10.0%" in text
+    assert "“triangle” (7 of 10 objects)" in text
+    s["knockout"]["image"]["1-4"] = _entry(0, 0)
+    assert "never leaves Cls above blocking the object" in report.guess_finding(s, answers)
+
+
+def test_power_finding_sets_the_largest_drops_against_their_standard_errors():
+    s = {**_summary([70, 50, 5, 40, 70], [80, 2, 60, 85, 90]), "n_samples": 100}
+    text = report.power_finding(s)
+    assert "Loc ± 1.0 and Cls ± 1.0 points" in text
+    # Loc 80 -> 5 in layers 2-5: 75 points against sqrt(1 + 1) = 1.41 points of SE
+    assert "75.0 points for localization (layers 2-5, 53.0 standard errors)" in text
+    assert "resolves them" in text
+    small = {**_summary([79, 79, 79, 79, 79], [89, 89, 89, 89, 89]), "n_samples": 100}
+    assert "within noise" in report.power_finding(small)
+
+
+def test_paper_ranges_come_from_the_paper_module():
+    text = report.paper_ranges(8)
+    assert "LLaVA-1.5-7B's early-to-middle layers are its layers 0-20 of 32 (layers 0-4 at 8 layers)" in text
+    assert (
+        "InternVL-3.5-8B's middle-to-late layers are its layers 12-35 of 36 (layers 3-7 at 8 layers)" in text
+    )
+
+
 def test_table_and_plot_show_every_window():
     from vlmloc import plots
 
@@ -254,3 +291,12 @@ def test_chapter_5_executes_and_writes_its_summary(model_id, tmp_path):
     assert set(summary["knockout"]) == {"object", "random", "image"}
     assert all(list(v) == ["0-3", "2-5", "4-7", "all"] for v in summary["knockout"].values())
     assert len(summary["findings"]) == 4 and all(model_id in f for f in summary["findings"].values())
+    out = json.loads((tmp_path / f"{ko.CHAPTER}.ipynb").read_text())
+    text = "\n".join(
+        "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/markdown", ""))
+        for c in out["cells"]
+        for o in c.get("outputs", [])
+    )
+    ran = re.search(r"its mask hooks ran (\d+) times \((\d+) layers x (\d+) steps\)", text)
+    assert ran and int(ran[1]) == int(ran[2]) * int(ran[3]) > 0, "the null knockout's hooks must run"
+    assert "**Sample size.**" in text and "**The whole image against the object.**" in text

@@ -185,6 +185,40 @@ def test_mismatched_source_is_another_class_with_the_same_layout(toy_internvl, t
     assert found > 0
 
 
+def test_mismatched_sources_never_share_the_original_image(toy_llava, tmp_path, synthetic_coco):
+    """On COCO one image holds several objects: a source from the same scene is no stranger."""
+    pairs = _pairs(tmp_path, synthetic_coco, 8)
+    twin = md.MediationPair(f"{pairs[0].image_id}:999999", "no-such-class", pairs[0].box, pairs[0].original,
+                            pairs[0].inpainted)  # fmt: skip
+    exp = md.Mediation(toy_llava, [pairs[0], twin, *pairs[1:]], md.MediationParams({}, progress=False), None)
+    for p in exp.pairs:
+        other = exp.mismatched_source(p, "localization")
+        assert other is None or other.image_id != p.image_id
+    assert exp.mismatched_source(pairs[0], "localization") is not twin  # the very next pair, skipped
+    data = exp.ranking_data({"localization": {pairs[0].sample_id: {"source_id": pairs[2].sample_id}}})
+    assert set(data["objects"]) == {p.sample_id for p in exp.pairs}
+    assert data["images"] == sorted({p.image_id for p in exp.pairs})
+
+
+def test_patching_every_position_is_exact_when_null_and_reaches_the_image(
+    toy_llava, tmp_path, synthetic_coco
+):
+    pair = _pairs(tmp_path, synthetic_coco, 1)[0]
+    src, base, answer = pair.encode(toy_llava, "localization")
+    heads = [(0, h) for h in range(toy_llava.n_heads)]
+    null = head_patch_scores(toy_llava, base, base, answer, "localization", heads=heads, positions="all")
+    assert torch.equal(null.patched.logprob, null.base.logprob.expand(len(heads)))
+    after = head_patch_scores(toy_llava, src, base, answer, "localization", heads=heads)
+    every = head_patch_scores(toy_llava, src, base, answer, "localization", heads=heads, positions="all")
+    # layer 0's heads at the image positions change what every later position reads: the settings differ
+    assert not torch.allclose(after.patched.logprob, every.patched.logprob, atol=1e-4)
+    assert torch.allclose(after.source.logprob, every.source.logprob, atol=1e-5)
+    with pytest.raises(ValueError, match="patch positions must be one of"):
+        head_patch_scores(toy_llava, src, base, answer, "localization", heads=heads, positions="image")
+    with pytest.raises(ValueError, match="patch positions must be one of"):
+        md.MediationParams({}, patch_positions="everywhere")
+
+
 def test_missing_control_set_names_the_command(tmp_path):
     with pytest.raises(
         FileNotFoundError, match="chapters run --chapters 01_data_and_baselines --models toy-llava"

@@ -94,6 +94,12 @@ def test_chapter1_runs_on_toy_internvl_from_the_command_line(tmp_path):
 # --------------------------------------------------------------------------- chapter 4 end to end
 
 
+def paper_peak_of(model_id: str) -> dict:
+    """The paper's peak the chapter puts beside a toy: its family's paper model, from vlmloc.paper."""
+    mid = paper.LLAVA_7B if "llava" in model_id else paper.INTERNVL_8B
+    return {"model": paper.MODELS[mid], **paper.POSITION_PEAKS[mid]}
+
+
 @pytest.mark.notebooks
 @pytest.mark.parametrize("model_id", ["toy-llava", "toy-internvl"])
 def test_chapter4_runs_on_both_toys(model_id, tmp_path):
@@ -111,7 +117,18 @@ def test_chapter4_runs_on_both_toys(model_id, tmp_path):
         assert 0 <= x["cell_acc"] <= min(x["row_acc"], x["col_acc"]) <= 100
     assert set(s["chance"]) == {"row", "col", "cell"}
     assert set(s["corners"]) == {"projector", "best_llm"}
-    assert s["paper_peak"]["layer"] in (12, 7)
+    for region in s["corners"].values():  # corners against the other border cells and the interior
+        assert set(region["cell_acc"]) == {"corners", "edges", "interior", "se"}
+    assert s["paper_peak"] == paper_peak_of(model_id)
+    # the random-init control: every stage checked at its peak, the LLM's passes (the notebook stops if not)
+    c = s["control"]
+    assert set(c["stages"]) == set(s["control_ok"]) == {"tower", "projector", "llm"}
+    assert s["control_ok"]["llm"] is True and c["stages"]["llm"]["site"] == s["peaks"]["llm"]["site"]
+    probed = {x["site"] for x in s["sites"] if "random_init" in x}
+    assert probed == set(c["sites"]) == {x["site"] for x in s["sites"]} - {"llm.input"}
+    for x in c["sites"].values():
+        assert x["selectivity"] == pytest.approx(x["acc"] - x["random_init_acc"], abs=0.01) and x["se"] > 0
+    assert set(s["control_work"]) == {"tower", "projector", "llm"}
     nb = _nb(out)
     images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 2, "the path plot and the per-cell heatmaps"
@@ -127,6 +144,8 @@ def test_chapter4_stops_on_bad_probe_parameters(tmp_path):
     cases = [
         ({"n_train": 600, "n_test": 10, "annotations": str(ann), "images": str(img)}, "lists 500 that exist"),
         ({"epochs": 0}, "epochs must be a positive integer"),
+        ({"control": "yes"}, "control must be True or False"),
+        ({"control_cache_mb": -1}, "control_cache_mb must be 0 (stream)"),
     ]
     for params, sentence in cases:
         with pytest.raises(pm.PapermillExecutionError) as info:
@@ -213,6 +232,12 @@ def _check_chapter6(out_nb: Path, results: Path, model_id: str, n_pairs: int) ->
         assert {"top1", "top5", "top10"} <= set(summary["sparsity"][task])
     assert summary["overlap"] == len(summary["overlap_heads"]) <= 10
     assert summary["seconds"]["exact"] > 0 and summary["seconds"]["attribution"] > 0
+    assert summary["patch_positions"] == "after_image"
+    assert set(summary["positions_robustness"]) == {"classification", "localization"}
+    for r in summary["positions_robustness"].values():
+        assert r["other"] == "all" and 0 <= r["top10_overlap"] <= 10 and len(r["top10_other"]) == 10
+    pairs = summary["ranking_data"]
+    assert len(pairs["objects"]) >= n_pairs and len(pairs["images"]) >= 1
     nb = _nb(out_nb)
     images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 5, "pairs, MF maps, sparsity, controls and attribution figures"
@@ -239,26 +264,45 @@ def test_chapter7_reads_chapter6_and_runs(model_id, tmp_path):
     results = tmp_path / "results"
     chapters.execute(
         CH6, model_id, out_dir=tmp_path / "runs", results_dir=results,
-        n_samples=SMALL, n_pairs=4, n_control_pairs=0,
+        n_samples=SMALL, n_pairs=4, n_control_pairs=1, compare_positions=False,
     )  # fmt: skip
     out = chapters.execute(
         CH7, model_id, out_dir=tmp_path / "runs", results_dir=results,
-        n_samples=8, ks=[1, 5], n_draws=2, verdict_k=5,
+        n_samples=8, ks=[2, 5], n_draws=2, verdict_k=5,
     )  # fmt: skip
     s = read_summary(results, model_id, CH7)
     ch6 = read_summary(results, model_id, CH6)
-    assert s["ablation"]["classification_heads"]["1"]["heads"] == ch6["top10"]["classification"][:1]
+    assert s["by_k"]["2"]["heads"]["cls_top"] == ch6["top10"]["classification"][:2]
+    assert s["mediation_overlap"] == {"objects": 0, "images": 0}
+    assert s["evaluation_set"]["n"] == 8 and s["ks_source"].startswith("ours")
     assert {"loc", "cls", "loc_se", "cls_se", "n"} <= set(s["baseline"])
-    for hs in ("classification_heads", "localization_heads", "random"):
-        for k in ("1", "5"):
-            e = s["ablation"][hs][k]
-            assert {"loc", "cls", "loc_se", "cls_se", "n"} <= set(e)
+    for k in ("2", "5"):
+        block = s["by_k"][k]
+        for name, e in block["conditions"].items():
+            assert {"loc", "cls", "loc_se", "cls_se", "n"} <= set(e), name
             assert 0 <= e["loc"] <= 100 and 0 <= e["cls"] <= 100 and e["n"] == 8
-    assert len(s["draws"]["5"]) == 2
-    assert isinstance(s["verdict"]["recognition_then_localization"], bool)
+        assert (
+            s["verdict"][k] == block["verdict"]["outcome"] in ("supported", "not supported", "inconclusive")
+        )
     nb = _nb(out)
     assert any("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
-    assert _outputs_text(nb).count("Finding.") >= 3
+    assert _outputs_text(nb).count("Finding.") >= 4
+
+
+@pytest.mark.notebooks
+def test_chapter7_stops_when_too_few_objects_are_left_outside_chapter6(tmp_path):
+    import papermill as pm
+
+    results = tmp_path / "results"
+    chapters.execute(
+        CH6, "toy-llava", out_dir=tmp_path / "runs", results_dir=results,
+        n_samples=SMALL, n_pairs=4, n_control_pairs=0, compare_positions=False,
+    )  # fmt: skip
+    with pytest.raises(pm.PapermillExecutionError) as info:
+        chapters.execute(CH7, "toy-llava", out_dir=tmp_path / "runs", results_dir=results, n_samples=100_000)
+    assert info.value.ename == "InsufficientDataError"
+    assert "objects lie outside the" in info.value.evalue and "pass -p n_samples" in info.value.evalue
+    assert not (results / model_dirname("toy-llava") / f"{CH7}.json").exists()
 
 
 @pytest.mark.notebooks

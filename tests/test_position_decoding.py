@@ -1,4 +1,4 @@
-"""Chapter 4: position probes streamed from every site, their labels, and the chapter's summary."""
+"""Chapter 4: position probes streamed from every site, their labels, the random-init control, the summary."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 import torch
 import vlmloc
 from PIL import Image
+from vlmloc import probes
 from vlmloc.experiments import ch04_position_decoding as pd4
 from vlmloc.geometry import ImageLayout, View
 from vlmloc.probes import (
@@ -40,35 +41,16 @@ def _layout(n_tiles: int, side: int = 3) -> ImageLayout:
 # --------------------------------------------------------------------------- labels (no model)
 
 
-def test_labels_are_row_major_per_view_with_kinds():
-    lab = site_labels("llm", [_layout(0), _layout(2)], ["a", "b"], seed=0, tower_side=6)
+def test_labels_are_row_major_per_view_with_kinds_and_images():
+    lab = site_labels("llm", [_layout(0), _layout(2)], tower_side=6)
     assert (lab.rows, lab.cols) == (3, 3)
     assert lab.row[:9].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert lab.col[:9].tolist() == [0, 1, 2] * 3
     assert len(lab.row) == 9 + 3 * 9
     assert lab.kind.tolist() == [0] * 9 + [1] * 18 + [0] * 9  # image a: global; b: two tiles, thumbnail
-    tower = site_labels("tower", [_layout(0)], ["a"], seed=0, tower_side=6)
+    assert lab.image.tolist() == [0] * 9 + [1] * 27  # every view of an image counts for that image
+    tower = site_labels("tower", [_layout(0)], tower_side=6)
     assert (tower.rows, tower.cols) == (6, 6) and tower.row.tolist() == [k // 6 for k in range(36)]
-
-
-def test_control_labels_are_one_fixed_permutation_per_view_and_image():
-    lab = site_labels("llm", [_layout(1, side=4)], ["img"], seed=3, tower_side=8)
-    for v in range(2):
-        sl = slice(16 * v, 16 * (v + 1))
-        true = sorted(zip(lab.row[sl].tolist(), lab.col[sl].tolist(), strict=True))
-        ctrl = sorted(zip(lab.ctrl_row[sl].tolist(), lab.ctrl_col[sl].tolist(), strict=True))
-        assert ctrl == true, "a permutation keeps every cell's label once"
-    assert not torch.equal(lab.ctrl_row * 4 + lab.ctrl_col, lab.row * 4 + lab.col)
-    # the same in every epoch and whatever else is in the batch
-    alone = site_labels("llm", [_layout(1, side=4)], ["img"], seed=3, tower_side=8)
-    with_other = site_labels(
-        "llm", [_layout(0, side=4), _layout(1, side=4)], ["x", "img"], seed=3, tower_side=8
-    )
-    assert torch.equal(alone.ctrl_row, with_other.ctrl_row[16:]) and torch.equal(
-        alone.ctrl_col, with_other.ctrl_col[16:]
-    )
-    other_seed = site_labels("llm", [_layout(1, side=4)], ["img"], seed=4, tower_side=8)
-    assert not torch.equal(alone.ctrl_row * 4 + alone.ctrl_col, other_seed.ctrl_row * 4 + other_seed.ctrl_col)
 
 
 def test_features_drop_the_cls_token_and_keep_view_order():
@@ -98,6 +80,74 @@ def test_corners_edges_interior():
     a[1:-1, 1:-1] = 50
     assert pd4.corner_interior(a) == {"corners": 100.0, "edges": 0.0, "interior": 50.0}
     assert pd4.corner_interior(np.ones((2, 2)))["interior"] is None
+    # binomial SEs over the group's tokens: 6 interior cells x 24 tokens at 50%
+    se = pd4.corner_interior(a, n_per_cell=24)["se"]
+    assert se["interior"] == pytest.approx(100 * (0.25 / (6 * 24)) ** 0.5, abs=0.01)
+    assert se["corners"] == 0.0 and se["edges"] == 0.0
+
+
+def _regions(corners: float, edges: float, interior: float, se: float = 1.0) -> dict:
+    return {"corners": corners, "edges": edges, "interior": interior,
+            "se": {"corners": se, "edges": se, "interior": se}}  # fmt: skip
+
+
+def test_corners_stand_out_only_against_the_edges_too():
+    assert report.corner_verdict(_regions(60, 40, 20)) == "corners"
+    assert report.corner_verdict(_regions(60, 59, 20)) == "border", "beating only the interior is the border"
+    assert report.corner_verdict(_regions(22, 21, 20)) == "none"
+    assert report.corner_verdict(_regions(60, 40, 20, se=10)) == "border", "within two SEs of the edges"
+    summary = {
+        "model_id": "m",
+        "corners": {"projector": {"site": "projector", "cell_acc": _regions(60, 59, 20)}},
+    }
+    assert "border advantage" in report.corner_finding(summary)
+
+
+def _per_image(n, row_ok, col_ok) -> dict:
+    n = list(n)
+    return {"row_acc": 100 * sum(row_ok) / sum(n), "col_acc": 100 * sum(col_ok) / sum(n),
+            "per_image": {"n": n, "row_ok": list(row_ok), "col_ok": list(col_ok), "cell_ok": [0] * len(n)}}  # fmt: skip
+
+
+def test_selectivity_is_paired_by_image_with_a_clustered_standard_error():
+    real = _per_image([10, 10, 10, 10], [9, 8, 10, 7], [5, 6, 5, 4])
+    ctrl = _per_image([10, 10, 10, 10], [3, 2, 4, 3], [2, 3, 2, 1])
+    c = pd4.selectivity(real, ctrl)
+    d = np.array([9 + 5 - 3 - 2, 8 + 6 - 2 - 3, 10 + 5 - 4 - 2, 7 + 4 - 3 - 1], float)  # per image, of 20
+    assert c["selectivity"] == pytest.approx(100 * d.sum() / 80)
+    se = 100 * np.sqrt(4 / 3 * ((d - d.sum() / 80 * 20) ** 2).sum()) / 80
+    assert c["se"] == pytest.approx(se, abs=1e-3)
+    assert c["acc"] - c["random_init_acc"] == pytest.approx(c["selectivity"], abs=1e-3)
+    same = pd4.selectivity(real, real)
+    assert same["selectivity"] == 0 and same["se"] == 0
+    with pytest.raises(ValueError, match="same tokens"):
+        pd4.selectivity(real, _per_image([10, 10, 10], [1, 1, 1], [1, 1, 1]))
+
+
+def test_a_stage_passes_only_beyond_two_standard_errors_and_five_points_and_require_control_says_why():
+    sites = [{"site": "llm.3"}]
+    peaks = {"tower": {"site": "tower.0"}, "projector": {"site": "projector"}, "llm": {"site": "llm.3"}}
+    real = {"llm.3": _per_image([10] * 4, [9, 8, 10, 7], [5, 6, 5, 4])}
+    steady = {"llm.3": _per_image([20] * 4, [19, 18, 20, 17], [5, 6, 5, 4])}  # +1 of 40 on every image
+    cases = [  # +27.5 points passes; no gain fails; +2.5 points with SE 0 fails the five-point floor
+        (real, [3, 2, 4, 3], [10] * 4, True),
+        (real, [9, 8, 10, 7], [10] * 4, False),
+        (steady, [18, 17, 19, 16], [20] * 4, False),
+    ]
+    for trained, ctrl_rows, n, ok in cases:
+        ctrl = {"llm.3": _per_image(n, ctrl_rows, [5, 6, 5, 4])}
+        c = pd4._control_summary(sites, peaks, trained, ctrl)
+        assert set(c["stages"]) == {"llm"} and c["stages"]["llm"]["ok"] is ok
+        summary = {"model_id": "m", "control": c}
+        if ok:
+            assert pd4.require_control(summary, "llm")["site"] == "llm.3"
+            assert "passes this control" in report.control_finding(summary)
+        else:
+            with pytest.raises(pd4.ControlFailed, match="not what the llm's training put there"):
+                pd4.require_control(summary, "llm")
+            assert "fails this control" in report.control_finding(summary)
+    with pytest.raises(pd4.ControlFailed, match="no random-init control"):
+        pd4.require_control({"model_id": "m", "control": None}, "llm")
 
 
 def test_paper_scale_memory_matches_the_issue():
@@ -145,7 +195,7 @@ def test_reading_every_site_is_a_null_edit_and_reads_what_hf_returns(toy, image_
     values, layouts = read_sites(toy, images, sites)
     for name in sites:
         n = site_features(name, values[name], layouts, side).shape[0]
-        assert n == len(site_labels(name.partition(".")[0], layouts, ["a", "b", "c"], 0, side).row)
+        assert n == len(site_labels(name.partition(".")[0], layouts, side).row)
 
 
 def _weights(bank: ProbeBank) -> list[torch.Tensor]:
@@ -159,7 +209,10 @@ def test_streaming_equals_the_cache_and_an_interrupted_run_resumes_exactly(toy_l
     stream.fit(toy_llava, batches)
     cached = ProbeBank.for_model(toy_llava, ProbeParams(**{**params.__dict__, "cache_mb": 500}))
     cached.fit(toy_llava, batches)
-    assert cached.seconds["forward"] < stream.seconds["forward"]  # later epochs read the cache
+    # what the cache saves, counted: the streamed bank runs every batch every epoch, the cached one once
+    assert stream.forwards == 2 * len(batches) and stream.cache_hits == 0
+    assert cached.forwards == len(batches) and cached.cache_hits == len(batches)
+    assert stream.images_forwarded == 2 * 12 and cached.images_forwarded == 12
     assert [len(g) for g in stream.groups] == [
         3,
         1,
@@ -188,7 +241,7 @@ def test_streaming_equals_the_cache_and_an_interrupted_run_resumes_exactly(toy_l
         ProbeBank.for_model(toy_llava, ProbeParams(epochs=3)).load(ckpt)
 
 
-def test_probes_read_positions_above_their_control_and_summarize(toy_llava, image_paths, tmp_path):
+def test_probes_read_positions_and_keep_per_image_counts(toy_llava, image_paths, tmp_path):
     train, test = split_images(image_paths, 32, 16, seed=0)
     store = vlmloc.store.ResultsStore(tmp_path, "toy-llava", "04_position_decoding")
     params = ProbeParams(epochs=2, lr=1e-2, token_batch=1024)
@@ -204,8 +257,12 @@ def test_probes_read_positions_above_their_control_and_summarize(toy_llava, imag
     first = s["sites"][0]
     assert first["row_acc"] > 2 * chance, "the first tower layer still holds the position embedding"
     for x in s["sites"]:
-        assert abs(x["control"]["row_acc"] - 100 / x["grid"][0]) < 5
         assert x["cell_acc"] <= min(x["row_acc"], x["col_acc"])
+        r = results[x["site"]]
+        per_image = r["per_image"]
+        assert len(per_image["n"]) == len(test) and sum(per_image["n"]) == r["n_tokens"]
+        assert 100 * sum(per_image["row_ok"]) / r["n_tokens"] == pytest.approx(x["row_acc"], abs=1e-3)
+    assert s["control"] is None and s["control_ok"] is None  # no control records given
     assert set(s["corners"]) == {"projector", "best_llm"}
     assert s["peaks"]["llm"]["site"].startswith("llm.") and s["peaks"]["llm"]["site"] != "llm.input"
     for f in (report.decoding_finding, report.tower_finding, report.corner_finding):
@@ -215,3 +272,79 @@ def test_probes_read_positions_above_their_control_and_summarize(toy_llava, imag
     )
     assert none is None and again.keys() == results.keys()  # resumed from the records, no model run
     assert again["llm.3"]["row_acc"] == results["llm.3"]["row_acc"]
+
+
+# --------------------------------------------------------------------------- the random-init control
+
+
+def test_a_random_init_copy_changes_its_stage_only(toy, image_paths):
+    images = [Image.open(p).convert("RGB") for p in image_paths[:2]]
+    trained = toy.hf.state_dict()
+    for stage, prefix in (("tower", "model.vision_tower."), ("projector", "model.multi_modal_projector."),
+                          ("llm", "model.language_model.")):  # fmt: skip
+        twin = pd4.random_init_copy(toy, stage, seed=0)
+        copied = twin.hf.state_dict()
+        assert copied.keys() == trained.keys()
+        changed = {k for k in trained if not torch.equal(trained[k], copied[k])}
+        assert changed and all(k.startswith(prefix) or k == "lm_head.weight" for k in changed), stage
+        again = pd4.random_init_copy(toy, stage, seed=0).hf.state_dict()
+        assert all(torch.equal(copied[k], again[k]) for k in changed), "the copy is seeded"
+        check = pd4.check_copy(toy, twin, stage, images)
+        assert (check["input"] is None) == (stage == "tower")
+        assert (check["input"] or 0.0) < 1e-6 and check["stage"] > 1e-3, (stage, check)
+    assert pd4.control_sites(toy, "llm") == [f"llm.{i}" for i in range(toy.n_layers)]
+    assert pd4.control_sites(toy, "projector") == ["projector"]
+
+
+def _leaky(site_features):
+    """``site_features`` with the token's cell appended one-hot: a probe that reads the label, not the model."""
+
+    def leaky(name, value, layouts, tower_side):
+        x = site_features(name, value, layouts, tower_side)
+        lab = site_labels(name.partition(".")[0], layouts, tower_side)
+        cell = torch.nn.functional.one_hot(lab.row * lab.cols + lab.col, lab.rows * lab.cols)
+        return torch.cat([x, 10 * cell.to(x)], -1)
+
+    return leaky
+
+
+def test_the_control_passes_the_toy_and_fails_a_probe_that_reads_the_label(
+    toy_llava, image_paths, tmp_path, monkeypatch
+):
+    train, test = split_images(image_paths, 24, 12, seed=0)
+    params = ProbeParams(epochs=2, lr=1e-2, token_batch=512, cache_mb=200)
+
+    def run(tag: str) -> tuple[dict, dict]:
+        store = vlmloc.store.ResultsStore(tmp_path / tag, "toy-llava", "04_position_decoding")
+        results, _ = pd4.run_probes(toy_llava, train, test, params, store, {"t": 1}, progress=False)
+        control, work = pd4.run_control(
+            toy_llava,
+            train,
+            test,
+            params,
+            store,
+            {"t": 1},
+            seed=0,
+            stages=("projector", "llm"),
+            progress=False,
+        )
+        return pd4.position_summary("toy-llava", results, "llava", control=control), work
+
+    honest, work = run("honest")
+    # two training batches read once and then from the cache, one test batch
+    assert set(work) == {"projector", "llm"}
+    assert all(w["forwards"] == 3 and w["cache_hits"] == 2 for w in work.values())
+    entry = pd4.require_control(honest, "llm")  # the trained LLM adds position a random LLM does not
+    assert entry["site"] == honest["peaks"]["llm"]["site"] and entry["selectivity"] > 10
+    assert set(honest["control_ok"]) == {"projector", "llm"}
+    assert {s["site"] for s in honest["sites"] if "random_init" in s} == {"projector"} | {
+        f"llm.{i}" for i in range(toy_llava.n_layers)
+    }
+
+    monkeypatch.setattr(probes, "site_features", _leaky(probes.site_features))
+    leaky, _ = run("leaky")
+    best = leaky["peaks"]["llm"]
+    assert min(best["row_acc"], best["col_acc"]) > 95, "the side channel gives the probe the label"
+    assert not any(leaky["control_ok"].values()), leaky["control"]["stages"]
+    with pytest.raises(pd4.ControlFailed):
+        pd4.require_control(leaky, "llm")

@@ -8,7 +8,7 @@ checkpoint names, and catch a wrong view with a sentence saying what the process
 
 from __future__ import annotations
 
-import time
+from types import SimpleNamespace
 
 import pytest
 import vlmloc
@@ -16,7 +16,7 @@ from PIL import Image
 from transformers.models.got_ocr2.image_processing_got_ocr2 import get_optimal_tiled_canvas
 from vlmloc.families.internvl import InternVLFamily
 from vlmloc.geometry import View
-from vlmloc.processor_check import GeometryError, check_geometry
+from vlmloc.processor_check import GEOMETRY_PROBES, GeometryError, check_geometry
 from vlmloc.testing import save_tiny
 
 
@@ -45,10 +45,34 @@ def test_tiny_models_at_real_geometry_match_token_for_token(tiny_vlm):
         assert len(tiny_vlm.views(tiny_vlm.geometry_check[2].image_size)) > 2
 
 
+class _CountingProcessor:
+    """The real processor, with every call counted (number of images per call)."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.calls: list[int] = []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append(len(kwargs["images"]))
+        return self._inner(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
 def test_check_costs_processor_calls_only(tiny_internvl):
-    t0 = time.perf_counter()
-    check_geometry(tiny_internvl)  # InternVL at 448 px, up to 12 tiles: the most expensive processor
-    assert time.perf_counter() - t0 < 5.0  # ~0.5 s here; generous for a shared CPU
+    """The check runs the processor, one call per probe, and never the model: it is handed a
+    stand-in that has no model at all (InternVL at 448 px, up to 12 tiles: the costliest processor)."""
+    counting = _CountingProcessor(tiny_internvl.processor)
+    stand_in = SimpleNamespace(
+        model_id=tiny_internvl.model_id,
+        family=tiny_internvl.family,
+        config=tiny_internvl.config,
+        processor=counting,
+    )
+    results = check_geometry(stand_in)
+    assert counting.calls == [2] * len(GEOMETRY_PROBES)  # a plain and a painted image per probe
+    assert len(results) == len(GEOMETRY_PROBES) and all(r.ok for r in results)
 
 
 def test_clip_checkpoint_pads_after_loading(tiny_clip_llava):

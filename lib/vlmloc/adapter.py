@@ -18,7 +18,7 @@ import copy
 import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from .interventions.tokens import InputEdit
 from .metrics import Box
 from .processor_check import check_geometry, llava_image_processor
 from .registry import ModelSpec, get_spec, weights_fingerprint
-from .scoring import AnswerScores, answer_scores, position_ids, scored_answer, teacher_forced_inputs
+from .scoring import AnswerScores, answer_scores, scored_answer, teacher_forced_inputs
 from .sites import SiteMap
 
 log = logging.getLogger("vlmloc")
@@ -43,6 +43,9 @@ log = logging.getLogger("vlmloc")
 _KEEP_TAGS = ("<ref>", "</ref>", "<box>", "</box>")
 
 EmbedEdit = Callable[[torch.Tensor], torch.Tensor]
+
+#: Processor outputs with one entry per token (cut with the prompt when a prefix is taken).
+_PER_TOKEN = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,11 @@ class VLM:
         return text.strip()
 
     # --- running: the one door for interventions --------------------------------------------
+    def position_ids(self, inputs: Any) -> torch.Tensor:
+        """Position ids of a full forward of ``inputs`` (see :meth:`Family.position_ids`): ``[B, S]``,
+        or ``[3, B, S]`` under M-RoPE (Qwen2.5-VL), where a position is not a sequence index."""
+        return self.family.position_ids(self.hf, inputs)
+
     def input_embeddings(self, enc: Any) -> torch.Tensor:
         """The LLM input (token embeddings with the projected visual tokens merged in)."""
         with torch.no_grad(), self.model.trace(enc) as tracer:
@@ -199,10 +207,11 @@ class VLM:
             raise ValueError(
                 f"a prefix must be shorter than the prompt ({enc['input_ids'].shape[1]}), got {length}"
             )
-        cut = {k: (v[:, :length] if k in ("input_ids", "attention_mask") else v) for k, v in enc.items()}
-        cut["position_ids"] = position_ids(enc["attention_mask"])[:, :length]
+        cut = {k: (v[:, :length] if k in _PER_TOKEN else v) for k, v in enc.items()}
+        cut["position_ids"] = self.position_ids(enc)[..., :length]  # M-RoPE: the prefix's own deltas
         with torch.no_grad():
-            return Prefix(length, self.hf(**cut, use_cache=True).past_key_values)
+            # only the cache is needed: logits of one position, not [B, length, vocab] (16 GB for InternVL)
+            return Prefix(length, self.hf(**cut, use_cache=True, logits_to_keep=1).past_key_values)
 
     def generate(
         self,
@@ -232,8 +241,11 @@ class VLM:
                 raise ValueError("an edit of the LLM input changes the prefix; generate without prefix=")
             done = prefix.length
             args = ()
-            kwargs = {k: enc[k] for k in ("input_ids", "attention_mask")}
+            kwargs = {k: enc[k] for k in _PER_TOKEN if k in enc}
             kwargs["past_key_values"] = copy.deepcopy(prefix.cache)  # generate appends to it
+            # the whole prompt's positions (generate slices off the cached part and extends them);
+            # under M-RoPE they carry the image's offset (rope_deltas), which the suffix cannot know
+            kwargs["position_ids"] = self.position_ids(enc)
         with (
             warnings.catch_warnings(),
             torch.no_grad(),
@@ -278,8 +290,10 @@ class VLM:
         places the forward in a longer sequence (a suffix after a cached prefix); by default
         it is one prefill over the whole input.
         """
-        q_len = int(inputs["input_ids"].shape[1])
+        q_len = int((inputs["input_ids"] if "input_ids" in inputs else inputs["inputs_embeds"]).shape[1])
         step = step or StepInfo(0, q_len, q_len)
+        if "past_key_values" not in inputs and "inputs_embeds" not in inputs:  # full: the family's positions
+            inputs = {**inputs, "position_ids": self.position_ids(inputs)}
         with torch.no_grad(), self.model.trace(**dict(inputs)) as tracer:
             run_hooks(self, list(interventions), step)
             if logits_at is False:
@@ -290,8 +304,7 @@ class VLM:
 
     def logits(self, enc: Any, edit: EmbedEdit | None = None, interventions: Sequence[Intervention] = ()):
         """Next-token logits ``[B, S, V]`` of a single forward under ``interventions``."""
-        inputs = {**enc, "position_ids": position_ids(enc["attention_mask"])}
-        return self.forward(inputs, self._kinds(edit, interventions))
+        return self.forward(enc, self._kinds(edit, interventions))
 
     def score(
         self,
@@ -330,8 +343,7 @@ class VLM:
     ) -> dict[str, Any]:
         """Hidden states at ``sites`` for one batch, on the CPU (see :class:`HiddenStates`)."""
         read = HiddenStates(sites, positions)
-        inputs = {**enc, "position_ids": position_ids(enc["attention_mask"])}
-        self.forward(inputs, [*interventions, read], logits_at=False)
+        self.forward(enc, [*interventions, read], logits_at=False)
         return read.values
 
 
@@ -342,29 +354,76 @@ def nnsight_save(value: Any) -> Any:
     return nnsight.save(value)
 
 
+def gpu_facts(device: str) -> tuple[str, bool]:
+    """The name of the GPU ``device`` names and whether it has bfloat16.
+
+    Compute capability 8.0 (Ampere) or newer: ``torch.cuda.is_bf16_supported()`` says True on a
+    T4 too, where bfloat16 is emulated, slowly.
+    """
+    if not device.startswith("cuda"):
+        return device, False
+    index = torch.device(device).index or 0
+    return torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index) >= (8, 0)
+
+
+def resolve_dtype(requested: str | None, device: str) -> str:
+    """The dtype a model loads in on ``device`` (see :func:`vlmloc.plan.choose_dtype`): ``"auto"``
+    is bfloat16 where the GPU has it, float16 on an older GPU, float32 on the CPU; bfloat16 asked
+    for on a GPU without it is a :class:`~vlmloc.plan.DTypeError`."""
+    from .plan import choose_dtype
+
+    name = requested or "auto"
+    if device == "mps":  # Apple GPUs: half precision works, bfloat16 only on recent systems
+        return "float16" if name == "auto" else choose_dtype(name, "cpu") if name == "float32" else name
+    if device == "cpu" and name not in ("float32", "auto"):
+        choose_dtype(name, device)  # an unknown name is still an error
+        log.warning("half precision on a CPU is slow and inexact; using float32")
+    gpu, bf16 = gpu_facts(device)
+    return choose_dtype(name, device, bf16, gpu)
+
+
 def load_model(
     model_id: str,
     device: str = "auto",
     dtype: str | None = None,
     attn_implementation: str | None = None,
     llava_preprocess: str = "pad",
+    max_tiles: int | None = None,
+    chapter: str | None = None,
+    batch_size: int | None = None,
+    chapter_params: Mapping[str, Any] | None = None,
 ) -> VLM:
     """Load a supported model wrapped in nnsight.
 
-    ``dtype`` defaults to the model's (fp16 for LLaVA, bf16 for InternVL, fp32 for toys); on a CPU
-    half precision is replaced by float32. ``attn_implementation="eager"`` only where attention
-    weights are read. ``llava_preprocess``: ``"pad"`` (LLaVA-1.5's own, METHODS.md) or ``"crop"``.
+    ``dtype`` defaults to the model's (fp16 for LLaVA, ``"auto"`` for InternVL, fp32 for toys):
+    ``"auto"`` is bfloat16 where the GPU has it, float16 on an older GPU (a T4), float32 on the CPU,
+    where half precision is always replaced by float32. ``attn_implementation="eager"`` only where
+    attention weights are read. ``llava_preprocess``: ``"pad"`` (LLaVA-1.5's own; the book's
+    methods page, book/methods.md, "Models and views") or ``"crop"``. ``max_tiles``: InternVL's
+    tiling limit (12 by default; fewer tiles, fewer visual tokens, less memory).
+
+    On a GPU the weights go straight to it, shard by shard, without a second copy in host RAM.
+    With ``chapter`` (its ``batch_size``, and ``chapter_params`` such as ``n_samples`` or chapter 4's
+    ``control``) the chapter's plan is checked first (:func:`vlmloc.plan.check_fits`): on a GPU, or
+    under a forced ``VLMLOC_MEMORY_GB`` budget, it prints the plan, and a chapter that cannot fit
+    stops here, before anything loads, with one sentence saying what would fit.
     """
     from transformers import AutoProcessor
 
     spec = get_spec(model_id)
     dev = resolve_device(device)
-    name = dtype or spec.default_dtype
-    if name not in ("float32", "float16", "bfloat16"):
-        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {name!r}")
-    if dev == "cpu" and name != "float32":
-        log.warning("half precision on a CPU is slow and inexact; using float32")
-        name = "float32"
+    name = resolve_dtype(dtype or spec.default_dtype, dev)
+    if max_tiles is not None and (
+        spec.family != "internvl" or isinstance(max_tiles, bool) or int(max_tiles) < 1
+    ):
+        raise ValueError(
+            f"max_tiles is InternVL's tile limit, a positive integer; got {max_tiles!r} for {model_id}"
+        )
+    if chapter is not None:
+        from .plan import check_fits
+
+        check_fits(model_id, chapter, device=dev, dtype=name, batch_size=batch_size, max_tiles=max_tiles,
+                   attn_implementation=attn_implementation, **dict(chapter_params or {}))  # fmt: skip
     if spec.toy and not (Path(spec.source) / "config.json").exists():
         raise FileNotFoundError(
             f"the toy checkpoint {spec.source} is missing; reinstall vlmloc or retrain it with "
@@ -376,8 +435,12 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": getattr(torch, name)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    if dev == "cuda" and not spec.toy:
-        kwargs["device_map"] = "auto"  # spreads a 13B model over several GPUs when needed
+    if dev.startswith("cuda") and not spec.toy:
+        # Straight to the GPU, shard by shard (needs accelerate): without a device map the weights
+        # are materialised in host RAM first, 14 GB for LLaVA-1.5-7B, more than free Colab has.
+        # "auto" spreads a 13B model over several GPUs when more than one is visible.
+        several = dev == "cuda" and torch.cuda.device_count() > 1
+        kwargs["device_map"] = "auto" if several else {"": dev}
     if spec.toy:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     hf = family.hf_class.from_pretrained(spec.source, **kwargs).eval()
@@ -386,6 +449,8 @@ def load_model(
     processor = AutoProcessor.from_pretrained(spec.source)
     if spec.family == "llava":  # pad or crop for real, whatever image processor the checkpoint names
         processor.image_processor = llava_image_processor(processor.image_processor, llava_preprocess)
+    if max_tiles is not None:
+        processor.image_processor.max_patches = int(max_tiles)
     vlm = VLM(spec, hf, processor, dev)
     vlm.geometry_check = check_geometry(vlm)  # processor calls only; GeometryError if the views are wrong
     return vlm

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 
-__all__ = ["parse_bracket_box", "parse_internvl_box"]
+__all__ = ["first_box_span", "parse_bracket_box", "parse_internvl_box", "parse_qwen_box"]
 
 logger = logging.getLogger("vlmloc.answers")
 
@@ -25,6 +25,8 @@ _QUAD = rf"\[\s*({_NUMBER}){_SEP}({_NUMBER}){_SEP}({_NUMBER}){_SEP}({_NUMBER})\s
 _QUAD_RE = re.compile(_QUAD)
 # Everything between <box> and </box> (or the end of the answer, if generation stopped early).
 _INTERNVL_BOX_RE = re.compile(r"<\s*box\s*>(.*?)(?:<\s*/\s*box\s*>|$)", re.IGNORECASE | re.DOTALL)
+# Qwen2.5-VL's JSON key, then its list: '"bbox_2d": [x1, y1, x2, y2]' (spaces allowed anywhere).
+_QWEN_BOX_RE = re.compile(r'"\s*bbox_2d\s*"\s*:\s*(\[[^\]]*\])')
 
 Quad = tuple[float, float, float, float]
 
@@ -77,3 +79,26 @@ def parse_internvl_box(text: str) -> Quad | None:
             return quad
     _log_unparsable("InternVL <box>", text)
     return None
+
+
+def parse_qwen_box(text: str) -> Quad | None:
+    """The first ``"bbox_2d": [x1, y1, x2, y2]`` in ``text`` (Qwen2.5-VL's JSON, pixels of its resized
+    image), or ``None``. The JSON may sit in a fenced block, hold several objects, or be cut off
+    after the box; only the key and its four numbers are needed.
+    """
+    if not isinstance(text, str):
+        _log_unparsable("Qwen bbox_2d", text)
+        return None
+    for match in _QWEN_BOX_RE.finditer(text):
+        quad = _first_quad(match.group(1))
+        if quad is not None:
+            return quad
+    _log_unparsable("Qwen bbox_2d", text)
+    return None
+
+
+def first_box_span(text: str) -> tuple[int, int] | None:
+    """Character span ``(start, end)`` of the first ``[a, b, c, d]`` in ``text``, or ``None``: where
+    an answer's coordinates are, whatever else holds digits (Qwen2.5-VL's ``"bbox_2d"`` key)."""
+    match = _QUAD_RE.search(text)
+    return None if match is None else match.span()

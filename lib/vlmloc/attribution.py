@@ -1,7 +1,7 @@
 """Integrated Gradients over the visual tokens at the LLM input (Sundararajan et al., 2017).
 
 For one image and prompt, let ``x`` be the visual tokens at the LLM input (after the projector),
-``x'`` a baseline (METHODS.md: the mean visual embedding at every visual position) and ``f`` the
+``x'`` a baseline (the book's methods page, chapter 2: the mean visual embedding at every visual position) and ``f`` the
 log-probability of a teacher-forced answer (classification: the class name; localization: the
 ground-truth box in the model's own format). The attribution of hidden unit ``d`` of token ``i`` is
 
@@ -32,7 +32,7 @@ class IGResult:
     """Attributions of one image's visual tokens (in the order of ``layout.positions``)."""
 
     per_token: torch.Tensor  # (n_visual,) signed: sum over hidden units of a_id
-    per_token_abs: torch.Tensor  # (n_visual,) METHODS.md's score: sum over hidden units of |a_id|
+    per_token_abs: torch.Tensor  # (n_visual,) the methods page's score: sum over hidden units of |a_id|
     f_input: float  # f(x): log-probability of the answer with the real visual tokens
     f_baseline: float  # f(x'): with every visual token replaced by the baseline
     steps: int
@@ -44,7 +44,7 @@ class IGResult:
 
 
 def teacher_forced_answer(vlm, task: str, category: str, box, image_size: tuple[int, int]) -> str:
-    """The answer whose log-probability IG explains (METHODS.md "Token ablation")."""
+    """The answer whose log-probability IG explains (the book's methods page, chapter 2)."""
     if task == "classification":
         return category
     return vlm.format_box(box, image_size, category)
@@ -101,7 +101,7 @@ def integrated_gradients(
     """IG attributions of the visual tokens to ``log p(answer | image, prompt)``.
 
     ``baseline`` is one vector (the mean visual embedding, put at every visual position) or a
-    ``(n_visual, H)`` tensor. ``steps`` interpolation points (METHODS.md: 50) are evaluated in
+    ``(n_visual, H)`` tensor. ``steps`` interpolation points (the book's methods page, chapter 2: 50) are evaluated in
     chunks of ``step_batch`` (default: all at once).
     """
     if steps < 1:

@@ -1,6 +1,6 @@
 """COCO-format data: the same loader for COCO val2017 and for our synthetic scenes.
 
-METHODS.md filter: non-crowd annotations whose category occurs exactly once in the image (so the
+data filter of the book's methods page: non-crowd annotations whose category occurs exactly once in the image (so the
 query names one object), area at least 1% of the image. Size classes follow COCO: small < 32^2 px,
 large > 96^2 px.
 """
@@ -71,7 +71,7 @@ def load_coco(
     limit: int | None = None,
     seed: int = 0,
 ) -> list[Sample]:
-    """Samples of a COCO instances file after the METHODS.md filter, shuffled with ``seed``, at most ``limit``."""
+    """Samples of a COCO instances file after the book's data filter (methods page), shuffled with ``seed``, at most ``limit``."""
     from pycocotools.coco import COCO
 
     ann_path, img_dir = Path(annotations), Path(images)
@@ -118,7 +118,7 @@ def load_coco(
 
 
 def _filtered(raw: dict, coco, img_dir: Path, min_area_frac: float) -> list[Sample]:
-    """The METHODS.md filter over a parsed instances file, in image-id order."""
+    """The book's data filter (methods page) over a parsed instances file, in image-id order."""
     cats = {c["id"]: c["name"] for c in raw["categories"]}
     samples: list[Sample] = []
     for img in sorted(raw["images"], key=lambda r: r["id"]):

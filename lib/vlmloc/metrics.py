@@ -3,7 +3,7 @@
 The paper scores a predicted box by its IoU with the ground-truth box, counts a success at
 IoU >= 0.5, 0.7 and 0.9, and reports Loc, the mean of the three success rates in percent.
 Classification is correct when the class name appears in the answer (case-insensitive; we also
-accept the plural, see ``METHODS.md``). Everything here is plain Python so that it runs anywhere
+accept the plural, see the book's methods page). Everything here is plain Python so that it runs anywhere
 and can be checked by hand.
 """
 

@@ -17,7 +17,8 @@ from typing import Any
 __all__ = ["DEVICES", "DTYPES", "ParameterError", "validate_params"]
 
 DEVICES = frozenset({"cpu", "cuda", "mps", "auto"})
-DTYPES = frozenset({"float32", "float16", "bfloat16"})
+#: "auto": bfloat16 where the GPU has it, float16 on an older GPU (a T4), float32 on the CPU.
+DTYPES = frozenset({"auto", "float32", "float16", "bfloat16"})
 
 _EXAMPLES = {"n_samples": 200, "batch_size": 8, "seed": 0}
 _DATA_HINT = (
@@ -73,7 +74,15 @@ def _check_device(value: Any) -> None:
 def _check_dtype(value: Any) -> None:
     if value not in DTYPES:
         raise ParameterError(
-            f"dtype must be one of {', '.join(sorted(DTYPES))}, got {value!r}; pass e.g. -p dtype bfloat16."
+            f"dtype must be one of {', '.join(sorted(DTYPES))}, got {value!r}; pass e.g. -p dtype auto."
+        )
+
+
+def _check_max_tiles(value: Any) -> None:
+    if value is not None and (not _is_int(value) or value < 1):
+        raise ParameterError(
+            f"max_tiles must be None (the model's own, 12 for InternVL) or a positive integer, got {value!r}; "
+            "pass e.g. -p max_tiles 6."
         )
 
 
@@ -117,7 +126,7 @@ def _check_data(params: Mapping[str, Any]) -> None:
 def validate_params(params: Mapping[str, Any], known_model_ids: Iterable[str]) -> None:
     """Raise ``ParameterError`` with one sentence naming the first bad parameter; return None if all are fine.
 
-    Checked when present: model_id, n_samples, batch_size, seed, device, dtype, annotations and
+    Checked when present: model_id, n_samples, batch_size, seed, device, dtype, max_tiles, annotations and
     images (both None, or an existing file and directory), results_dir, progress.
     """
     known = sorted(known_model_ids)
@@ -128,6 +137,7 @@ def validate_params(params: Mapping[str, Any], known_model_ids: Iterable[str]) -
         "seed": _check_seed,
         "device": _check_device,
         "dtype": _check_dtype,
+        "max_tiles": _check_max_tiles,
         "results_dir": _check_results_dir,
         "progress": _check_progress,
     }

@@ -1,12 +1,12 @@
 """Linear position probes at every site, trained from hidden states streamed one batch at a time.
 
-The question (chapter 4, METHODS.md "Position decoding"): can a linear map read a visual token's
-row and column from its hidden state, and how does that change along the path vision tower ->
-projector -> LLM? For every site (each tower layer, the projector output, the LLM input, each
-LLM layer's output) one linear layer holds a row head and a column head, and beside it a
-*control* of the same shape trained on shuffled labels (each view's labels permuted once per
-image, the same permutation every epoch): its accuracy is the chance a probe reaches on this
-data without positional information.
+The question (chapter 4; the book's methods page, book/methods.md, chapter 4): can a linear map
+read a visual token's row and column from its hidden state, and how does that change along the
+path vision tower -> projector -> LLM? For every site (each tower layer, the projector output, the
+LLM input, each LLM layer's output) one linear layer holds a row head and a column head. The
+chapter's control is the same bank on a copy of the model with one stage randomly initialised
+(:mod:`vlmloc.experiments.ch04_position_decoding`); test counts are kept per image so that the
+two can be compared image by image.
 
 Why streaming: on LLaVA-1.5-7B one LLM layer's visual tokens over 50k images are ~240 GB, so
 activations are never gathered into a data set. One forward per batch of images reads every site
@@ -14,7 +14,9 @@ activations are never gathered into a data set. One forward per batch of images 
 those values on the model's device, and the values are dropped. An epoch is one pass over the
 training images, the forward re-run. ``cache_mb`` optionally keeps the training batches' values
 in memory when they fit that budget (a toy's hundreds of images: tens of MB), so later epochs skip
-the forward; both paths give the same probes.
+the forward; both paths give the same probes. The bank counts the forwards it runs (``forwards``
+batches, ``images_forwarded`` images) and the batches it reads from the cache instead
+(``cache_hits``): what caching saves.
 
 Labels: LLM and projector tokens carry the row and column of their cell in their view's token
 grid (:class:`vlmloc.geometry.View`). Tower tokens carry their cell in the tower's own patch grid,
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -109,34 +110,22 @@ def tower_grid(vlm: VLM) -> int:
 
 @dataclass
 class SiteLabels:
-    """Per token of one site in one batch: its row, column, view kind and shuffled (control) row/column."""
+    """Per token of one site in one batch: its row, column, view kind and image (index in the batch)."""
 
     rows: int
     cols: int
     row: torch.Tensor
     col: torch.Tensor
     kind: torch.Tensor  # 0 = global view (LLaVA's image, InternVL's thumbnail or single tile), 1 = local tile
-    ctrl_row: torch.Tensor
-    ctrl_col: torch.Tensor
+    image: torch.Tensor  # which image of the batch the token belongs to (test counts are kept per image)
 
 
-def _view_perm(seed: int, key: str, view: int, n: int) -> np.ndarray:
-    rng = np.random.default_rng([int(seed), zlib.crc32(key.encode()), view, n])
-    return rng.permutation(n)
-
-
-def site_labels(
-    stage: str, layouts: Sequence[ImageLayout], keys: Sequence[str], seed: int, tower_side: int
-) -> SiteLabels:
-    """Labels of one site's tokens, in the order :func:`site_features` flattens them.
-
-    ``keys`` name the images (their paths): the control permutation of a view depends only on
-    (seed, image, view), so it is the same in every epoch and independent of batching.
-    """
-    rows_l, cols_l, kinds, crow, ccol = [], [], [], [], []
+def site_labels(stage: str, layouts: Sequence[ImageLayout], tower_side: int) -> SiteLabels:
+    """Labels of one site's tokens, in the order :func:`site_features` flattens them."""
+    rows_l, cols_l, kinds, images = [], [], [], []
     grid = None
-    for lay, key in zip(layouts, keys, strict=True):
-        for i, v in enumerate(lay.views):
+    for j, lay in enumerate(layouts):
+        for v in lay.views:
             r, c = (tower_side, tower_side) if stage == "tower" else (v.rows, v.cols)
             if grid is None:
                 grid = (r, c)
@@ -145,14 +134,12 @@ def site_labels(
                     f"views of one batch have different grids {grid} and {(r, c)}; probes need one"
                 )
             k = np.arange(r * c)
-            perm = _view_perm(seed, key, i, r * c)
             rows_l.append(k // c)
             cols_l.append(k % c)
-            crow.append(perm // c)
-            ccol.append(perm % c)
             kinds.append(np.full(r * c, 0 if v.kind == "global" else 1))
+            images.append(np.full(r * c, j))
     cat = lambda xs: torch.from_numpy(np.concatenate(xs)).long()  # noqa: E731
-    return SiteLabels(grid[0], grid[1], cat(rows_l), cat(cols_l), cat(kinds), cat(crow), cat(ccol))
+    return SiteLabels(grid[0], grid[1], cat(rows_l), cat(cols_l), cat(kinds), cat(images))
 
 
 def site_features(name: str, value: Any, layouts: Sequence[ImageLayout], tower_side: int) -> torch.Tensor:
@@ -213,8 +200,8 @@ class ProbeParams:
 class _GroupProbe(nn.Module):
     """Independent linear probes for ``n`` sites of one shape, applied as one batched matmul.
 
-    Each site has a row head, a column head and their two controls: one ``[width, 2 (rows + cols)]``
-    map on standardized inputs. Sites share nothing but the matmul: the loss is a sum over sites,
+    Each site has a row head and a column head: one ``[width, rows + cols]`` map on standardized
+    inputs. Sites share nothing but the matmul: the loss is a sum over sites,
     so each site's weights get exactly the gradient they would get alone (and Adam is per weight).
     """
 
@@ -222,7 +209,7 @@ class _GroupProbe(nn.Module):
         super().__init__()
         self.rows, self.cols = rows, cols
         bound = 1.0 / width**0.5  # nn.Linear's default initialization
-        out = 2 * (rows + cols)
+        out = rows + cols
         self.weight = nn.Parameter(torch.empty(n, width, out).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(n, 1, out).uniform_(-bound, bound))
         self.register_buffer("mean", torch.zeros(n, 1, width))
@@ -237,10 +224,9 @@ class _GroupProbe(nn.Module):
         self.ready.fill_(True)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``x``: ``[sites, tokens, width]`` -> row, column, control row, control column logits."""
+        """``x``: ``[sites, tokens, width]`` -> row and column logits."""
         z = torch.baddbmm(self.bias, (x - self.mean) / self.std, self.weight)
-        r, c = self.rows, self.cols
-        return z[..., :r], z[..., r : r + c], z[..., r + c : 2 * r + c], z[..., 2 * r + c :]
+        return z[..., : self.rows], z[..., self.rows :]
 
 
 def _generator(seed: int, *parts: int) -> torch.Generator:
@@ -260,24 +246,31 @@ def _load(paths: Sequence[str]) -> list[Image.Image]:
 
 
 class _Counts:
-    """Test counts of one site: per grid cell (tokens, row/col/cell correct), of the control, per view kind."""
+    """Test counts of one site: per grid cell (tokens, row/col/cell correct), per view kind, per image.
+
+    The per-image counts (in test order) let the chapter compare two probes on the same images
+    with an image-level standard error (tokens of one image are not independent).
+    """
 
     def __init__(self, rows: int, cols: int) -> None:
         self.rows, self.cols = rows, cols
         z = lambda: np.zeros((rows, cols), np.int64)  # noqa: E731
         self.n, self.row_ok, self.col_ok, self.cell_ok = z(), z(), z(), z()
-        self.ctrl = np.zeros(3, np.int64)  # row, col, cell correct of the control
         self.kind = np.zeros((2, 4), np.int64)  # per kind: tokens, row, col, cell correct
+        self.per_image: list[np.ndarray] = []  # per batch: [images, 4] tokens, row, col, cell correct
 
-    def add(self, lab: SiteLabels, pr, pc, cr, cc) -> None:
+    def add(self, lab: SiteLabels, pr: torch.Tensor, pc: torch.Tensor) -> None:
         ok_r, ok_c = (pr == lab.row).numpy(), (pc == lab.col).numpy()
         ok = ok_r & ok_c
         idx = (lab.row * self.cols + lab.col).numpy()
         size = self.rows * self.cols
         for arr, w in ((self.n, None), (self.row_ok, ok_r), (self.col_ok, ok_c), (self.cell_ok, ok)):
             arr += np.bincount(idx, weights=w, minlength=size).reshape(self.rows, self.cols).astype(np.int64)
-        c_r, c_c = (cr == lab.ctrl_row).numpy(), (cc == lab.ctrl_col).numpy()
-        self.ctrl += np.array([c_r.sum(), c_c.sum(), (c_r & c_c).sum()])
+        image = lab.image.numpy()
+        m = int(image.max()) + 1
+        self.per_image.append(
+            np.stack([np.bincount(image, weights=w, minlength=m) for w in (None, ok_r, ok_c, ok)], 1)
+        )
         kind = lab.kind.numpy()
         for k in (0, 1):
             m = kind == k
@@ -298,18 +291,19 @@ class _Counts:
                         for j, h in enumerate(("row", "col", "cell"))
                     },
                 }
+        per_image = (
+            np.concatenate(self.per_image).astype(np.int64) if self.per_image else np.zeros((0, 4), int)
+        )
         return {
             "grid": [self.rows, self.cols],
             "n_tokens": n,
             "row_acc": pct(self.row_ok.sum()),
             "col_acc": pct(self.col_ok.sum()),
             "cell_acc": pct(self.cell_ok.sum()),
-            "control": {
-                "row_acc": pct(self.ctrl[0]),
-                "col_acc": pct(self.ctrl[1]),
-                "cell_acc": pct(self.ctrl[2]),
-            },
             "by_kind": kinds,
+            "per_image": {
+                k: per_image[:, j].tolist() for j, k in enumerate(("n", "row_ok", "col_ok", "cell_ok"))
+            },
             "cells": {
                 "row_acc": grid(self.row_ok),
                 "col_acc": grid(self.col_ok),
@@ -344,6 +338,9 @@ class ProbeBank:
         self.last_batch_bytes = 0
         self.max_batch_bytes = 0  # the most one batch's site values held (what streaming needs)
         self.seconds = {"forward": 0.0, "probe steps": 0.0}
+        self.forwards = 0  # batches of images run through the model (training and test)
+        self.images_forwarded = 0  # the images in them
+        self.cache_hits = 0  # training batches read from the cache instead (each one a forward saved)
 
     @classmethod
     def for_model(cls, vlm: VLM, params: ProbeParams, sample: Sequence[Image.Image] | None = None,
@@ -356,7 +353,7 @@ class ProbeBank:
         widths, grids = {}, {}
         for name in names:
             x = site_features(name, values[name], layouts, side)
-            lab = site_labels(name.partition(".")[0], layouts, ["probe"], 0, side)
+            lab = site_labels(name.partition(".")[0], layouts, side)
             if x.shape[0] != len(lab.row):
                 raise ValueError(f"site {name}: {x.shape[0]} tokens but {len(lab.row)} labels")
             widths[name], grids[name] = int(x.shape[-1]), (lab.rows, lab.cols)
@@ -367,14 +364,14 @@ class ProbeBank:
     def _batch(self, vlm: VLM, paths: Sequence[str]) -> tuple[dict[str, torch.Tensor], dict[str, SiteLabels]]:
         t0 = time.perf_counter()
         values, layouts = read_sites(vlm, _load(paths), self.sites)
+        self.forwards += 1
+        self.images_forwarded += len(paths)
         self.last_batch_bytes = activation_bytes(values)
         self.max_batch_bytes = max(self.max_batch_bytes, self.last_batch_bytes)
         feats, labels = {}, {}
         for name in self.sites:
             feats[name] = site_features(name, values[name], layouts, self.tower_side)
-            labels[name] = site_labels(
-                name.partition(".")[0], layouts, paths, self.params.seed, self.tower_side
-            )
+            labels[name] = site_labels(name.partition(".")[0], layouts, self.tower_side)
         self.seconds["forward"] += time.perf_counter() - t0
         return feats, labels
 
@@ -390,7 +387,7 @@ class ProbeBank:
             probe.standardize_from(x)
         n_sites, n = x.shape[:2]
         order = torch.randperm(n, generator=_generator(self.params.seed, epoch, batch, g))
-        ys = [t.to(self.device) for t in (lab.row, lab.col, lab.ctrl_row, lab.ctrl_col)]
+        ys = [t.to(self.device) for t in (lab.row, lab.col)]
         total = torch.zeros(n_sites)
         for chunk in order.split(self.params.token_batch):
             chunk = chunk.to(self.device)
@@ -432,6 +429,7 @@ class ProbeBank:
                 for b in it:
                     if cache is not None and b in cache:
                         feats, labels = cache[b]
+                        self.cache_hits += 1
                     else:
                         feats, labels = self._batch(vlm, batches[b])
                         if not decided:
@@ -461,7 +459,7 @@ class ProbeBank:
 
     @torch.no_grad()
     def evaluate(self, vlm: VLM, batches: Sequence[Sequence[str]], progress: bool = False) -> dict[str, dict]:
-        """Test accuracy per site (row, column, exact cell, per view kind, per grid cell) and of its control."""
+        """Test accuracy per site: row, column, exact cell, per view kind, per grid cell and per image."""
         from tqdm.auto import tqdm
 
         counts = {s: _Counts(*self.grids[s]) for s in self.sites}

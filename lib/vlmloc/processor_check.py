@@ -6,7 +6,10 @@ ignores a setting (a ``CLIPImageProcessor`` ignores ``do_pad`` and centre-crops)
 every object under the wrong tokens. This module asks the processor itself: it paints a small
 rectangle on a plain image, runs only the processor (no model), and compares the cells of
 ``pixel_values`` whose pixels changed with the cells :meth:`vlmloc.geometry.View.mask_to_cells`
-names. A mismatch raises :class:`GeometryError` saying what the processor did instead.
+names. A mismatch raises :class:`GeometryError` saying what the processor did instead. A processor
+whose ``pixel_values`` are flat patches (Qwen2.5-VL) is compared per visual token: the family's
+:meth:`~vlmloc.families.Family.token_pixels` says which pixels sit behind each token, so a wrong
+token order fails the same way.
 
 It costs processor calls only: two per test image (a wide one, a tall one and a panorama that
 InternVL cuts into several tiles), well under a second even for InternVL's 12 tiles of 448 px.
@@ -160,6 +163,21 @@ def _agree(view: View, observed: np.ndarray, box, size, pixel_hw: tuple[int, int
     return bool((core <= observed).all() and (observed <= hull).all())
 
 
+def _probe_tokens(family, config, enc, views, box, mask, size):
+    """The check for flat patches: the family says which pixels sit behind each visual token
+    (:meth:`Family.token_pixels`); a token changed if its pixels did, and view ``v``'s token ``k``
+    must be its cell ``(k // cols, k % cols)``. A wrong token order names other cells."""
+    pa = family.token_pixels(config, enc, 0).float()
+    pb = family.token_pixels(config, enc, 1).float()
+    d = (pa - pb).abs().sum(1).flatten(1)  # [n_tokens, pixels]
+    strong = (d > 0.5 * d.max() if d.max() > 0 else d > 0).any(1).numpy()
+    observed = [strong[v.offset : v.offset + v.n_tokens].reshape(v.rows, v.cols) for v in views]
+    expected = [v.mask_to_cells(mask) for v in views]
+    hw = (views[0].rows * pa.shape[-2], views[0].cols * pa.shape[-1])  # the resized image
+    ok = all(_agree(v, o, box, size, hw) for v, o in zip(views, observed, strict=True))
+    return ProbeResult(size, box, _indices(views, expected), _indices(views, observed), ok), observed, hw
+
+
 def check_geometry(vlm: Any, probes=GEOMETRY_PROBES) -> list[ProbeResult]:
     """Paint a rectangle on each probe image, run only the processor and compare cells with the views.
 
@@ -181,8 +199,14 @@ def check_geometry(vlm: Any, probes=GEOMETRY_PROBES) -> list[ProbeResult]:
                 f"the family's views describe {sum(v.n_tokens for v in views)} ({len(views)} view(s)); "
                 "check patch_size / image_seq_length / max_patches in the processor config"
             )
+        if family.token_pixels(config, enc, 0) is not None:  # flat patches (Qwen2.5-VL): per token
+            res, observed, hw = _probe_tokens(family, config, enc, views, box, mask, size)
+            results.append(res)
+            if not res.ok:
+                raise GeometryError(_mismatch_message(vlm, res, views, observed, hw))
+            continue
         pv = enc["pixel_values"].float()
-        if pv.ndim != 4:  # e.g. flattened patches (Qwen2.5-VL): no image per view to compare
+        if pv.ndim != 4:  # pixels neither one image per view nor given per token by the family
             log.warning(
                 "%s: pixel_values of shape %s is not one image per view; geometry not checked",
                 vlm.model_id,

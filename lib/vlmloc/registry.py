@@ -20,8 +20,8 @@ class ModelSpec:
     model_id: str
     family: str
     source: str  # hub id or local folder
-    default_dtype: str = "float16"
-    weights_gb: float | None = None  # memory of the weights in default_dtype
+    default_dtype: str = "float16"  # or "auto" (see vlmloc.plan.choose_dtype)
+    weights_gb: float | None = None  # memory of the weights in half precision, GB (python -m vlmloc.plan)
     toy: bool = False
     #: a toy of the same family whose tokens know more: chapter 2 runs its shuffles and padding
     #: beside this model's (the weakly grounded default toys name their precise twins)
@@ -75,8 +75,11 @@ def weights_fingerprint(model_id: str) -> str:
 
 for _spec in (
     ModelSpec("llava-hf/llava-1.5-7b-hf", "llava", "llava-hf/llava-1.5-7b-hf", "float16", 14.1),
-    ModelSpec("llava-hf/llava-1.5-13b-hf", "llava", "llava-hf/llava-1.5-13b-hf", "float16", 26.1),
-    ModelSpec("OpenGVLab/InternVL3_5-8B-HF", "internvl", "OpenGVLab/InternVL3_5-8B-HF", "bfloat16", 17.0),
+    ModelSpec("llava-hf/llava-1.5-13b-hf", "llava", "llava-hf/llava-1.5-13b-hf", "float16", 26.7),
+    # "auto": bfloat16 where the GPU has it; float16 on a T4, which has none
+    ModelSpec("OpenGVLab/InternVL3_5-8B-HF", "internvl", "OpenGVLab/InternVL3_5-8B-HF", "auto", 17.0),
+    ModelSpec("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl", "Qwen/Qwen2.5-VL-3B-Instruct", "bfloat16", 7.5),
+    ModelSpec("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", "Qwen/Qwen2.5-VL-7B-Instruct", "bfloat16", 16.6),
     # the defaults: weakly grounded towers (tokens say what is in their patch, not where inside it)
     ModelSpec(
         "toy-llava",

@@ -1,6 +1,6 @@
 """Teacher-forced answer scores: the log-probability and perplexity of a given answer.
 
-This is the P of causal mediation (METHODS.md): the perplexity of the ground-truth answer,
+This is the P of causal mediation (the book's methods page, chapter 6): the perplexity of the ground-truth answer,
 teacher forced after the prompt. Classification scores the class name; localization scores the
 box in the model's own format, *coordinate tokens only* (the brackets, commas and ``<ref>``
 tags are formatting the model gets right whatever it sees). The answer's tokens follow the
@@ -46,10 +46,28 @@ def scored_answer(tokenizer: Any, task: str, answer: str) -> tuple[list[int], li
     if task != "localization":
         raise ValueError(f"unknown task {task!r}; use classification or localization")
     tokens = tokenizer.convert_ids_to_tokens(ids)
-    mask = [bool(_COORDINATE.match(t or "")) for t in tokens]
+    mask = [
+        bool(_COORDINATE.match(t or "")) and inside
+        for t, inside in zip(tokens, _in_box(tokenizer, answer, ids), strict=True)
+    ]
     if not any(mask):
         raise ValueError(f"the answer {answer!r} has no coordinate token; is it a box in the model's format?")
     return ids, mask
+
+
+def _in_box(tokenizer: Any, answer: str, ids: list[int]) -> list[bool]:
+    """Per answer token, whether it lies inside the answer's first ``[a, b, c, d]``: a tokenizer that
+    cuts digits one by one (Qwen2's) makes the ``2`` of ``"bbox_2d"`` a digit token, not a coordinate.
+    All ``True`` when the answer has no such box or the tokenizer gives no character offsets."""
+    from .answers import first_box_span
+
+    span = first_box_span(answer)
+    if span is None or not getattr(tokenizer, "is_fast", False):
+        return [True] * len(ids)
+    enc = tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
+    if list(enc["input_ids"]) != list(ids):
+        return [True] * len(ids)
+    return [span[0] <= a and b <= span[1] for a, b in enc["offset_mapping"]]
 
 
 @dataclass
@@ -66,7 +84,7 @@ class AnswerScores:
 
     @property
     def perplexity(self) -> torch.Tensor:
-        """``exp(-mean log p)`` over the scored tokens: P of METHODS.md."""
+        """``exp(-mean log p)`` over the scored tokens: the P of the book's methods page."""
         return torch.exp(-self.mean_logprob)
 
     def __len__(self) -> int:
@@ -93,6 +111,9 @@ def teacher_forced_inputs(
         valid[row, : len(a)] = True
     mask = torch.cat([am, valid.to(am.dtype)], 1)
     inputs = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+    for k in ("mm_token_type_ids", "token_type_ids"):  # per-token types: the answer is text (0)
+        if k in inputs:
+            inputs[k] = torch.cat([inputs[k], inputs[k].new_zeros(b, width)], 1)
     inputs.update(
         input_ids=torch.cat([ids, targets], 1), attention_mask=mask, position_ids=position_ids(mask)
     )

@@ -1,6 +1,6 @@
 """Sweeps over every attention head: patch one head per batch row, reuse the image prefix.
 
-Causal mediation (METHODS.md) patches one head at a time from the source run (the real image)
+Causal mediation (the book's methods page, chapter 6) patches one head at a time from the source run (the real image)
 into the base run (the object inpainted away) at the positions after the image span, and scores
 the teacher-forced answer each time: ``layers x heads`` forwards per pair and task. Two things
 make that affordable, and both are exact:
@@ -15,6 +15,10 @@ make that affordable, and both are exact:
 
 ``head_patch_scores(..., batch_size=1, reuse_prefix=False)`` is the plain loop, one full forward
 per head; the tests check both give the same scores.
+
+``positions="all"`` patches every position, the image's included (the paper does not say where
+it patches; chapter 6 compares both settings). Then nothing before the patch is shared, so
+each batch of heads is a full forward (``reuse_prefix`` does not apply).
 """
 
 from __future__ import annotations
@@ -34,7 +38,17 @@ from .interventions.hidden import HiddenStates
 from .interventions.layers import LayerSkip
 from .scoring import AnswerScores, answer_scores, scored_answer, teacher_forced_inputs
 
-__all__ = ["PatchScores", "first_after_image", "head_patch_scores"]
+__all__ = ["PATCH_POSITIONS", "PatchScores", "check_positions", "first_after_image", "head_patch_scores"]
+
+#: Where a head patch applies: after the image span (the default), or at every position.
+PATCH_POSITIONS: tuple[str, ...] = ("after_image", "all")
+
+
+def check_positions(positions: str) -> str:
+    """``positions`` if it is one of :data:`PATCH_POSITIONS`; a clear error otherwise."""
+    if positions not in PATCH_POSITIONS:
+        raise ValueError(f"patch positions must be one of {PATCH_POSITIONS}, got {positions!r}")
+    return positions
 
 
 @dataclass
@@ -69,12 +83,22 @@ def _suffix_inputs(inputs: dict, prefix: int, rows: int, cache: Any, row: int | 
     if row is not None:
         ids = ids[row : row + 1].expand(rows, -1)
     rows, total = ids.shape[0], inputs["input_ids"].shape[1]
-    return {
+    pos = inputs.get("position_ids")  # the full forward's ([B, S], or M-RoPE's [3, B, S]), when given
+    if pos is None:
+        pos = torch.arange(prefix, total, device=ids.device).expand(rows, -1)
+    else:
+        pos = pos[..., prefix:]
+        pos = pos if row is None else pos[..., row : row + 1, :].expand(*pos.shape[:-2], rows, -1)
+    out = {
         "input_ids": ids,
         "attention_mask": torch.ones(rows, total, dtype=torch.long, device=ids.device),
-        "position_ids": torch.arange(prefix, total, device=ids.device).expand(rows, -1),
+        "position_ids": pos,
         "past_key_values": _cache_rows(cache, rows, row),
     }
+    if "mm_token_type_ids" in inputs:  # per-token types travel with their tokens (Qwen2.5-VL)
+        types = inputs["mm_token_type_ids"][:, prefix:]
+        out["mm_token_type_ids"] = types if row is None else types[row : row + 1].expand(rows, -1)
+    return out
 
 
 def _cache_rows(cache: Any, rows: int, row: int | None) -> Any:
@@ -118,14 +142,17 @@ def head_patch_scores(
     batch_size: int = 64,
     reuse_prefix: bool = True,
     progress: bool = False,
+    positions: str = "after_image",
 ) -> PatchScores:
     """Score ``answer`` on source, base, and base with each of ``heads`` patched from source.
 
     Both encodings are one row with the same token layout (same prompt, same image size). The
-    patch covers every position after the image span (the prompt text and the answer).
-    ``reuse_prefix`` runs the image prefix once and, for the heads of layer ``l``, skips layers
-    ``0 .. l-1`` (their outputs are the base run's); without it each batch is a full forward.
+    patch covers every position after the image span (the prompt text and the answer), or with
+    ``positions="all"`` every position. ``reuse_prefix`` (after the image only) runs the image
+    prefix once and, for the heads of layer ``l``, skips layers ``0 .. l-1`` (their outputs are
+    the base run's); without it each batch is a full forward.
     """
+    check_positions(positions)
     if source_enc["input_ids"].shape != base_enc["input_ids"].shape or not torch.equal(
         source_enc["input_ids"], base_enc["input_ids"]
     ):
@@ -137,7 +164,7 @@ def head_patch_scores(
     ids, mask = scored_answer(vlm.tokenizer, task, answer)
     scored, prompt_len = torch.as_tensor([mask]), base_enc["input_ids"].shape[1]
     pad = vlm.tokenizer.pad_token_id
-    if reuse_prefix:
+    if reuse_prefix and positions == "after_image":
         both, targets, _ = teacher_forced_inputs(_stack_rows(source_enc, base_enc), [ids, ids], pad)
         run = _Run(vlm, both, targets[:1], scored, prompt_len)
         source, base, patched = run.layer_grouped(heads, layers, batch_size, task, progress)
@@ -145,7 +172,10 @@ def head_patch_scores(
     read = HeadRead(layers)
     source = vlm.score(source_enc, [answer], task, [read])
     inputs, targets, _ = teacher_forced_inputs(base_enc, [ids], pad)
-    run = _Run(vlm, inputs, targets, scored, prompt_len)
+    run = _Run(vlm, inputs, targets, scored, prompt_len, patch_from=0 if positions == "all" else None)
+    if positions == "all":
+        # Nothing is shared before the patch, but the LLM input is: the vision tower runs once, not per row.
+        run.embeds = vlm.input_embeddings(inputs)
     base = vlm.score(base_enc, [answer], task)
     return PatchScores(heads, source, base, run.full(heads, read.values, batch_size, task, progress))
 
@@ -160,10 +190,14 @@ class _Run:
         targets: torch.Tensor,
         scored: torch.Tensor,
         prompt_len: int,
+        patch_from: int | None = None,
     ):
         self.vlm, self.inputs, self.targets, self.scored = vlm, inputs, targets, scored
+        self.inputs["position_ids"] = vlm.position_ids(inputs)  # the suffix forwards slice them
         self.prompt_len = prompt_len
         self.start = first_after_image(vlm, inputs["input_ids"])
+        self.patch_from = self.start if patch_from is None else patch_from
+        self.embeds: torch.Tensor | None = None  # the LLM input, when every row starts from it
         self.total = inputs["input_ids"].shape[1]
 
     def _scores(self, logits: torch.Tensor) -> AnswerScores:
@@ -175,7 +209,7 @@ class _Run:
         return slice(s, s + self.targets.shape[1])
 
     def _patch(self, chunk: Sequence[Head], source: dict) -> HeadPatch:
-        return HeadPatch([[h] for h in chunk], source, from_pos=self.start, source_rows=[0] * len(chunk))
+        return HeadPatch([[h] for h in chunk], source, from_pos=self.patch_from, source_rows=[0] * len(chunk))
 
     def full(
         self, heads: Sequence[Head], source: dict, batch_size: int, task: str, progress: bool
@@ -187,10 +221,21 @@ class _Run:
         ):
             chunk = heads[i : i + batch_size]
             logits = self.vlm.forward(
-                _stack_rows(*[self.inputs] * len(chunk)), [self._patch(chunk, source)], self._answer_at(0)
+                self._rows(len(chunk)), [self._patch(chunk, source)], self._answer_at(0)
             )
             parts.append(self._scores(logits))
         return _cat(parts)
+
+    def _rows(self, n: int) -> dict:
+        """The base run as ``n`` rows: its inputs, or its LLM input when :attr:`embeds` is set."""
+        if self.embeds is None:
+            return _stack_rows(*[self.inputs] * n)
+        pos = self.vlm.position_ids(self.inputs)  # [1, S], or [3, 1, S] under M-RoPE
+        return {
+            "inputs_embeds": self.embeds.expand(n, -1, -1),
+            "attention_mask": self.inputs["attention_mask"].expand(n, -1),
+            "position_ids": pos.expand(*pos.shape[:-2], n, pos.shape[-1]),
+        }
 
     def layer_grouped(
         self, heads: Sequence[Head], layers: Sequence[int], batch_size: int, task: str, progress: bool

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .registry import ModelSpec, register
 from .toys.build import toy_internvl, toy_llava
+from .toys.qwen import QWEN_REAL_GEOMETRY, QWEN_TINY_TEXT, toy_qwen2_5_vl
 
 TINY_TEXT = dict(width=32, layers=2, heads=4, kv_heads=4, mlp=64, head_dim=8)
 #: Qwen3 as in InternVL-3.5: grouped-query attention (2 KV heads for 4 heads) and heads x head_dim
@@ -43,8 +44,10 @@ def save_tiny(
         model, proc = toy_llava(seed, vision=LLAVA_REAL_GEOMETRY, text=TINY_TEXT)
     elif family == "internvl":
         model, proc = toy_internvl(seed, vision=INTERNVL_REAL_GEOMETRY, text=TINY_TEXT_QWEN3)
+    elif family == "qwen2_5_vl":  # Qwen2.5-VL: 14 px patches, 2 x 2 merge, windows + full blocks, GQA
+        model, proc = toy_qwen2_5_vl(seed, vision=QWEN_REAL_GEOMETRY, text=QWEN_TINY_TEXT)
     else:
-        raise ValueError(f"unknown family {family!r}; use 'llava' or 'internvl'")
+        raise ValueError(f"unknown family {family!r}; use 'llava', 'internvl' or 'qwen2_5_vl'")
     model.save_pretrained(out)
     proc.save_pretrained(out)
     if image_processor_type is not None:

@@ -53,7 +53,7 @@ __all__ = [
     "with_change",
 ]
 
-#: COCO's size classes, smallest first (METHODS.md "Data").
+#: COCO's size classes, smallest first (the book's methods page).
 SIZE_ORDER: tuple[str, ...] = ("small", "medium", "large")
 
 

@@ -2,7 +2,7 @@
 
 The paper's claim: a model localizes an object by *where its tokens are* (a "container"), not by
 what the tokens inside say. Three interventions test it, all on the visual tokens after the
-projector (METHODS.md "Token ablation" and "Containerization"):
+projector (the book's methods page, chapter 2):
 
 - **Ablation.** Replace a token set by the mean visual embedding: the object's tokens, register
   tokens (high-norm outliers), the top Integrated-Gradients tokens, random tokens (as many as the

@@ -7,7 +7,7 @@ are sensitive to both views; large objects localize from the thumbnail, and remo
 tokens even raises Loc by 6.5 points.
 
 This module reuses chapter 2's machinery (mean-embedding replacement, seeded random controls,
-index layouts, resumable conditions) and adds what is new here (METHODS.md "Views (InternVL)"):
+index layouts, resumable conditions) and adds what is new here (the book's methods page, chapter 3):
 
 - **size classes by the object's share of its image**, scaled to COCO's typical 640x480
   (:func:`size_class`), and an area filter lowered to 0.1% (:data:`MIN_AREA_FRAC`);
@@ -69,7 +69,7 @@ __all__ = [
 CONDITIONS: tuple[str, ...] = ("global", "local", "both", "random_global", "random_local")
 SIZE_CLASSES: tuple[str, ...] = ("small", "medium", "large")
 
-#: METHODS.md "Views": size classes by the object's share of its image, scaled to 640x480.
+#: the book's methods page, chapter 3: size classes by the object's share of its image, scaled to 640x480.
 REFERENCE_PIXELS = 640 * 480
 SMALL_MAX_SHARE = 32**2 / REFERENCE_PIXELS  # 0.33%
 LARGE_MIN_SHARE = 96**2 / REFERENCE_PIXELS  # 3.0%
@@ -78,7 +78,7 @@ MIN_AREA_FRAC = 0.001
 #: A size class with fewer objects gets no finding.
 MIN_FINDING_N = 30
 #: The chapter's synthetic set: the usual generator with its size ranges (fractions of the
-#: image's short side) extended down from 0.12 / 0.10, so that small objects exist (METHODS.md).
+#: image's short side) extended down from 0.12 / 0.10, so that small objects exist (the book's methods page, chapter 3).
 FIRST_SIZE: tuple[float, float] = (0.05, 0.75)
 DISTRACTOR_SIZE: tuple[float, float] = (0.05, 0.35)
 N_IMAGES = 500
@@ -110,7 +110,7 @@ def require_multi_view(model_id: str) -> None:
 
 
 def size_class(sample: Sample) -> str:
-    """``small`` / ``medium`` / ``large`` by the object's share of its image (METHODS.md "Views")."""
+    """``small`` / ``medium`` / ``large`` by the object's share of its image (the book's methods page, chapter 3)."""
     share = sample.area / (sample.width * sample.height)
     if share < SMALL_MAX_SHARE:
         return "small"

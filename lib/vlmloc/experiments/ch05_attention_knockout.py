@@ -1,17 +1,19 @@
 """Chapter 5, attention knockout: in which decoder layers does the text read the object?
 
-METHODS.md "Attention knockout": every position after the image span (the prompt text and every
-generated token) is kept from attending to a set of visual tokens, in all heads of a window of
-``window`` consecutive layers that slides over depth by ``stride``, and in all layers at once.
-Three token sets per window:
+The book's methods page (book/methods.md, chapter 5): every position after the image span (the
+prompt text and every generated token) is kept from attending to a set of visual tokens, in all
+heads of a window of ``window`` consecutive layers that slides over depth by ``stride``, and in
+all layers at once. Three token sets per window:
 
 - **object**: the object's tokens (every view; chapter 1's mask-to-token rule);
 - **random**: as many visual tokens drawn uniformly (the control; the same draw as chapter 2's);
 - **image**: every visual token (the upper bound: the text sees no image in that window).
 
-Generation holds the block on every step (:class:`~vlmloc.interventions.AttentionKnockout`).
-Token sets are index sets over the image's visual tokens, fixed per sample and seed, so a
-resumed run blocks exactly what an uninterrupted one would.
+Generation holds the block on every step (:class:`~vlmloc.interventions.AttentionKnockout`); the
+chapter's null check is :meth:`~vlmloc.interventions.AttentionKnockout.null`, which runs the same
+mask hooks in every layer and step but blocks nothing. Token sets are index sets over the image's
+visual tokens, fixed per sample and seed, so a resumed run blocks exactly what an uninterrupted
+one would.
 
 Tables and findings are in :mod:`vlmloc.report.ch05`, the figures in :mod:`vlmloc.plots.knockout`::
 
@@ -242,6 +244,15 @@ class Knockout:
                 self.run(f"ko-{name}-{label}", task, build, False, block=name, layers=layers)
             out.setdefault(name, {})[label] = with_change(self._loc_cls(f"ko-{name}-{label}"), base)
         self.timings["knockout"] = time.perf_counter() - t0
+        return out
+
+    def answers(self, token_set: str, task: str) -> dict[str, list[str]]:
+        """The recorded answers of ``token_set``'s knockout per window label (after :meth:`knockout`)."""
+        out = {}
+        for label in self.layer_sets():
+            recs = self.records.get((f"ko-{token_set}-{label}", task))
+            if recs is not None:
+                out[label] = [r["answer"] for r in recs]
         return out
 
     def token_share(self, name: str) -> float:

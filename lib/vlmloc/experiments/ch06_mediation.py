@@ -4,7 +4,7 @@ For one source/base pair (the real image and the same image with the object inpa
 chapter 1's control set) and one task, let ``P`` be the perplexity of the teacher-forced
 ground-truth answer (:mod:`vlmloc.scoring`). Patching head ``(l, h)``'s output from the source
 run into the base run, at every position after the image span, gives ``P_patched`` and the
-**mediation fraction** (METHODS.md "Causal mediation per head")::
+**mediation fraction** (the book's methods page, chapter 6)::
 
     MF = (P_base - P_patched) / (P_base - P_src)
 
@@ -48,7 +48,7 @@ from ..interventions.heads import Head, HeadPatch, HeadRead, all_heads
 from ..scoring import answer_scores, scored_answer, teacher_forced_inputs
 from ..sites import SiteMap
 from ..store import ResultsStore
-from ..sweeps import _suffix_inputs, first_after_image, head_patch_scores
+from ..sweeps import _suffix_inputs, check_positions, first_after_image, head_patch_scores
 from .base import Experiment, RunParams
 
 __all__ = [
@@ -97,6 +97,11 @@ class MediationPair:
     @classmethod
     def from_manifest(cls, p: Mapping) -> MediationPair:
         return cls(str(p["sample_id"]), p["category"], tuple(p["box"]), p["original"], p["inpainted"])
+
+    @property
+    def image_id(self) -> int:
+        """The original image's id (a sample id is ``"<image_id>:<ann_id>"``)."""
+        return int(self.sample_id.split(":")[0])
 
     def images(self) -> tuple[Image.Image, Image.Image]:
         src, base = Image.open(self.original).convert("RGB"), Image.open(self.inpainted).convert("RGB")
@@ -207,6 +212,7 @@ def attribution_patching(
     inputs, targets, _ = teacher_forced_inputs(base_enc, [ids], vlm.tokenizer.pad_token_id)
     start = first_after_image(vlm, inputs["input_ids"])
     prompt_len = base_enc["input_ids"].shape[1]
+    inputs["position_ids"] = vlm.position_ids(inputs)  # the family's positions (3-D under M-RoPE)
     cache = vlm.prefix(inputs, start).cache
     suffix = _suffix_inputs(inputs, start, 1, cache)
     sm = SiteMap(vlm.family.sites, vlm.hf)
@@ -265,12 +271,20 @@ def finite_difference(
 
 @dataclass
 class MediationParams:
-    """``config`` keys every record (weights, dtype, control set); the rest says how to run."""
+    """``config`` keys every record (weights, dtype, control set); the rest says how to run.
+
+    ``patch_positions``: ``"after_image"`` patches every position after the image span (ours:
+    it lets the image prefix run once per pair), ``"all"`` every position, the image's included.
+    """
 
     config: dict
     batch_size: int = 64  # heads per forward in the exact sweep
     progress: bool = True
+    patch_positions: str = "after_image"
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_positions(self.patch_positions)
 
 
 def _rounded(values: Any, nd: int = 7) -> list[float]:
@@ -313,19 +327,30 @@ class Mediation:
         by_id = {r["sample_id"]: r for r in log.records()}
         return {p.sample_id: by_id[p.sample_id] for p in pairs}
 
-    def exact(self, task: str) -> dict[str, dict]:
-        """Every head patched from source into base, per pair: ``p_src``, ``p_base``, ``p_patched`` (layer-major)."""
+    def _sweep(self, src: Any, base: Any, answer: str, task: str, positions: str | None = None) -> Any:
+        return head_patch_scores(
+            self.vlm, src, base, answer, task, batch_size=self.params.batch_size,
+            positions=positions or self.params.patch_positions,
+        )  # fmt: skip
+
+    def exact(self, task: str, positions: str | None = None) -> dict[str, dict]:
+        """Every head patched from source into base, per pair: ``p_src``, ``p_base``, ``p_patched`` (layer-major).
+
+        ``positions`` overrides the params' ``patch_positions`` (the robustness run of the other setting).
+        """
+        positions = check_positions(positions or self.params.patch_positions)
 
         def one(p: MediationPair) -> dict:
             src, base, answer = p.encode(self.vlm, task)
-            r = head_patch_scores(self.vlm, src, base, answer, task, batch_size=self.params.batch_size)
+            r = self._sweep(src, base, answer, task, positions)
             return {
                 "p_src": float(r.source.perplexity[0]),
                 "p_base": float(r.base.perplexity[0]),
                 "p_patched": _rounded(r.patched.perplexity),
             }
 
-        return self._run(task, "exact", self.pairs, one)
+        kind = "exact" if positions == "after_image" else f"exact-{positions}"
+        return self._run(task, kind, self.pairs, one)
 
     def attribution(self, task: str) -> dict[str, dict]:
         """Attribution patching per pair: ``p_src``, ``p_base`` and ``dlogp`` (layer-major)."""
@@ -340,14 +365,16 @@ class Mediation:
     def mismatched_source(self, pair: MediationPair, task: str) -> MediationPair | None:
         """Another pair's original image with the same token layout under ``pair``'s prompt and another class.
 
-        The next such pair after ``pair`` in order (cyclically); ``None`` when there is none.
+        The next such pair after ``pair`` in order (cyclically) whose original is another image (on
+        COCO one image holds several objects, and the same scene is no stranger); ``None`` when
+        there is none.
         """
         i = self.pairs.index(pair)
         _, base = pair.images()
         prompt = self.vlm.prompt(task, pair.category)
         want = self.vlm.encode([base], [prompt])["input_ids"]
         for other in self.pairs[i + 1 :] + self.pairs[:i]:
-            if other.category == pair.category:
+            if other.category == pair.category or other.image_id == pair.image_id:
                 continue
             im = Image.open(other.original).convert("RGB")
             if im.size == base.size or torch.equal(self.vlm.encode([im], [prompt])["input_ids"], want):
@@ -367,14 +394,32 @@ class Mediation:
             if other is None:
                 return {"source_id": None}
             src, base, answer = p.encode(self.vlm, task, source_image=other.images()[0])
-            r = head_patch_scores(self.vlm, src, base, answer, task, batch_size=self.params.batch_size)
+            r = self._sweep(src, base, answer, task)
             return {
                 "source_id": other.sample_id,
                 "p_base": float(r.base.perplexity[0]),
                 "p_patched": _rounded(r.patched.perplexity),
             }
 
-        return self._run(task, "mismatched", self.pairs[:n_pairs], one)
+        extra = (
+            None
+            if self.params.patch_positions == "after_image"
+            else {"positions": self.params.patch_positions}
+        )
+        return self._run(task, "mismatched", self.pairs[:n_pairs], one, extra)
+
+    def ranking_data(self, mismatched: Mapping[str, Mapping[str, Mapping]]) -> dict[str, list]:
+        """The objects and images the ranking saw: every pair and every mismatched source.
+
+        ``mismatched`` is ``{task: records}`` of :meth:`mismatched`. Chapter 7 evaluates on none
+        of these images, so its test of the ranked heads is out of sample.
+        """
+        by_id = {p.sample_id: p for p in self.pairs}
+        objects = set(by_id)
+        for records in mismatched.values():
+            objects |= {r["source_id"] for r in records.values() if r.get("source_id")}
+        images = {by_id[o].image_id for o in objects if o in by_id}
+        return {"objects": sorted(objects), "images": sorted(int(i) for i in images)}
 
     def base_into_base(self, task: str, pair: MediationPair | None = None) -> dict:
         """The null control: the base run patched into itself, every head, so MF must be 0.
@@ -387,10 +432,13 @@ class Mediation:
         pair = pair or self.pairs[0]
         src, base, answer = pair.encode(self.vlm, task)
         p_src = float(self.vlm.score(src, [answer], task).perplexity[0])
+        positions = self.params.patch_positions
         t0 = time.perf_counter()
-        loop = head_patch_scores(self.vlm, base, base, answer, task, batch_size=1, reuse_prefix=False)
+        loop = head_patch_scores(
+            self.vlm, base, base, answer, task, batch_size=1, reuse_prefix=False, positions=positions
+        )
         loop_seconds = time.perf_counter() - t0
-        fast = head_patch_scores(self.vlm, base, base, answer, task, batch_size=self.params.batch_size)
+        fast = self._sweep(base, base, answer, task)
         p_base = float(loop.base.perplexity[0])
 
         def max_mf(r: Any) -> float:

@@ -18,7 +18,7 @@ from ..metrics import Box
 Task = Literal["classification", "localization"]
 TASKS: tuple[Task, ...] = ("classification", "localization")
 
-#: METHODS.md: LLaVA-1.5's own grounding prompt and the classification question.
+#: The book's methods page: LLaVA-1.5's own grounding prompt and the classification question.
 LOCALIZATION_Q = "Please provide the bounding box coordinate of the region this sentence describes: {name}."
 CLASSIFICATION_Q = "What objects are in this image?"
 
@@ -79,3 +79,21 @@ class Family(ABC):
 
     def image_token_id(self, config: Any) -> int:
         return int(config.image_token_id)
+
+    def token_pixels(self, config: Any, enc: Any, image: int) -> Any:
+        """The pixels behind each visual token of image ``image`` of a processor output,
+        ``[n_tokens, channels, h, w]`` in token order, for processors whose ``pixel_values`` are flat
+        patches (Qwen2.5-VL). ``None`` (the default): ``pixel_values`` holds one image per view, and
+        :mod:`vlmloc.processor_check` cuts those into the views' cells itself."""
+        return None
+
+    # --- positions -----------------------------------------------------------------------------
+    def position_ids(self, model: Any, inputs: Any) -> Any:
+        """Position ids of a full (uncached) forward of ``inputs`` (``input_ids``, ``attention_mask``
+        and the processor's other outputs; possibly longer than the processor output, e.g. with a
+        teacher-forced answer). Default: 1-D positions counted over real tokens, ``[B, S]``. A family
+        with multimodal RoPE (Qwen2.5-VL: ``[3, B, S]``) returns its own; every shape is sliced along
+        its last axis, the sequence, and indexes batch rows on its second-to-last."""
+        from ..scoring import position_ids
+
+        return position_ids(inputs["attention_mask"])

@@ -12,7 +12,7 @@ from ..geometry import View
 from ..metrics import Box
 from .base import Family, Sites
 
-#: METHODS.md: InternVL's grounding question wraps the name in <ref> tags.
+#: The book's methods page: InternVL's grounding question wraps the name in <ref> tags.
 INTERNVL_LOCALIZATION_Q = (
     "Please provide the bounding box coordinate of the region this sentence describes: <ref>{name}</ref>"
 )

@@ -20,7 +20,7 @@ class LlavaFamily(Family):
     sites = Sites(vision_layers="model.vision_tower.encoder.layers")
 
     def chat_prompt(self, processor: Any, question: str) -> str:
-        # METHODS.md: LLaVA-1.5's chat format, exactly.
+        # The book's methods page: LLaVA-1.5's chat format, exactly.
         return f"USER: <image>\n{question} ASSISTANT:"
 
     def views(self, config: Any, processor: Any, image_size: tuple[int, int]) -> list[View]:

@@ -1,15 +1,20 @@
 """Attention knockout: some queries may not read some keys, in chosen layers (and heads).
 
-METHODS.md "Attention knockout": block attention from every position after the image span (the
-prompt text and every generated token) to the object's tokens in a window of layers. The block
-must hold at every generation step: a generated token's query must not see the blocked keys in
-the KV cache either, so a knockout is an ``every_step`` intervention and works in absolute
-positions (:class:`~vlmloc.interventions.base.StepInfo`). It writes to the per-layer copy of the
-mask that the executor hands it (never the mask transformers shares across layers), as ``False``
-under sdpa's boolean masks and as the dtype's minimum under eager's additive ones.
+The book's methods page (book/methods.md, chapter 5): block attention from every position after
+the image span (the prompt text and every generated token) to the object's tokens in a window of
+layers. The block must hold at every generation step: a generated token's query must not see the
+blocked keys in the KV cache either, so a knockout is an ``every_step`` intervention and works in
+absolute positions (:class:`~vlmloc.interventions.base.StepInfo`). It writes to the per-layer copy
+of the mask that the executor hands it (never the mask transformers shares across layers), as
+``False`` under sdpa's boolean masks and as the dtype's minimum under eager's additive ones.
 
     ko = AttentionKnockout(layers=range(4, 8), keys=[obj_positions], query_from=[first_text_pos])
     vlm.generate(enc, interventions=[ko])
+
+The null knockout, :meth:`AttentionKnockout.null`, keeps the layers and keys and moves the first
+blocked query past any position a step can reach: it installs and runs its hooks, and the
+executor clones and reinstalls every layer's mask exactly as for a real knockout, but no entry is
+blocked. It checks the whole path; a knockout with no layers would check nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ import torch
 
 from .base import Hook, Intervention, StepInfo
 
-__all__ = ["AttentionKnockout", "layer_windows"]
+__all__ = ["NEVER", "AttentionKnockout", "layer_windows"]
+
+#: A first blocked query no sequence reaches: the null knockout's ``query_from``.
+NEVER = 2**62
 
 
 def _as_positions(keys: Any) -> torch.Tensor:
@@ -35,7 +43,11 @@ class AttentionKnockout(Intervention):
 
     ``layers``: decoder layers where the block holds; ``heads``: the heads it applies to (default
     all). ``keys`` are absolute sequence positions (e.g. ``layout.positions[object_indices]``).
-    An empty key set or no layers is a null edit: it installs nothing.
+
+    Every layer gets its mask hook, also when the key sets (or ``heads``) are empty: such a
+    knockout blocks nothing but still goes through the executor's mask copy. Only a knockout with
+    *no layers* installs nothing (there is no mask to hook), so it is no test of the path; a null
+    check uses :meth:`null`.
     """
 
     every_step = True
@@ -54,9 +66,21 @@ class AttentionKnockout(Intervention):
         if len(self.keys) != len(self.query_from):
             raise ValueError(f"got keys for {len(self.keys)} rows but query_from for {len(self.query_from)}")
 
+    @classmethod
+    def null(
+        cls, layers: Iterable[int], keys: Sequence[Any], heads: Iterable[int] | None = None
+    ) -> AttentionKnockout:
+        """The null knockout: real layers and keys, but queries start at :data:`NEVER`.
+
+        Its hooks install and run at every step (``n_calls > 0``) and write each layer's mask
+        back unchanged, so the answers must equal the baseline's; a difference is a fault of the
+        path (mask copy, explicit causal mask, per-layer install), not of what was blocked.
+        """
+        return cls(layers, keys, [NEVER] * len(keys), heads=heads)
+
     def hooks(self, vlm: Any) -> list[Hook]:
-        if not self.layers or all(len(k) == 0 for k in self.keys) or self.heads == []:
-            return []
+        if not self.layers:
+            return []  # nothing to hook: not a null check of the path, see null()
         bad = [x for x in self.layers if not 0 <= x < vlm.n_layers]
         if bad:
             raise ValueError(f"layers {bad} do not exist; the decoder has layers 0-{vlm.n_layers - 1}")
@@ -71,11 +95,13 @@ class AttentionKnockout(Intervention):
             mask = mask.expand(-1, n_heads, -1, -1).clone()
         blocked = False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min
         queries = step.query_positions(mask.device)
-        heads = torch.arange(mask.shape[1]) if self.heads is None else torch.tensor(self.heads)
+        heads = (
+            torch.arange(mask.shape[1]) if self.heads is None else torch.tensor(self.heads, dtype=torch.long)
+        )
         for row, (keys, first) in enumerate(zip(self.keys, self.query_from, strict=True)):
             q = (queries >= first).nonzero().squeeze(-1)
             k = keys[keys < step.k_len].to(mask.device)
-            if len(q) and len(k):
+            if len(q) and len(k) and len(heads):
                 mask[row, heads[:, None, None], q[None, :, None], k[None, None, :]] = blocked
         return mask
 

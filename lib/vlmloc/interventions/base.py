@@ -19,6 +19,9 @@ Why the executor owns the dangerous parts:
   get that input viewed as ``[batch, query, heads, d]`` and edit it in place.
 - *Steps.* :class:`StepInfo` tells a hook which absolute positions its queries and keys have,
   at the prefill and at every decoding step with a KV cache.
+- *Accounting.* Each time a hook is handed its value, the executor counts it on the intervention
+  (:attr:`Intervention.calls`). A null edit must go through the same hooks as a real one; the
+  count is how a check proves that it did, instead of passing because nothing was installed.
 """
 
 from __future__ import annotations
@@ -86,13 +89,33 @@ def site_order(site: tuple) -> tuple[int, int, int]:
 
 
 class Intervention:
-    """Base of every kind. Subclasses set ``every_step`` and implement :meth:`hooks`."""
+    """Base of every kind. Subclasses set ``every_step`` and implement :meth:`hooks`.
+
+    :attr:`calls` counts, per site, how many times :func:`run_hooks` handed one of this
+    intervention's hooks its value (over every forward and generation step it took part in).
+    """
 
     #: False: applies to the prefill (or the single forward) only; True: every generation step.
     every_step: bool = False
 
     def hooks(self, vlm: Any) -> list[Hook]:
         raise NotImplementedError
+
+    @property
+    def calls(self) -> dict[tuple, int]:
+        """``{site: number of calls}`` of this intervention's hooks, kept by the executor.
+
+        Created on first use, so subclasses need not call ``super().__init__``.
+        """
+        counts = self.__dict__.get("_calls")
+        if counts is None:
+            counts = self.__dict__["_calls"] = {}
+        return counts
+
+    @property
+    def n_calls(self) -> int:
+        """All hook calls of this intervention: 0 means it changed nothing because it never ran."""
+        return sum(self.calls.values())
 
 
 def causal_mask(batch: int, step: StepInfo, dtype: torch.dtype, device: Any) -> torch.Tensor:
@@ -149,9 +172,23 @@ def _run_value(site: tuple, module_value: Any, hooks: list[Hook], step: StepInfo
     return value
 
 
+def _counted(iv: Intervention, hook: Hook) -> Hook:
+    """``hook`` with a function that first counts the call on ``iv`` (at call time, so a site the
+    forward never reaches, e.g. a generation step after the last, is not counted)."""
+
+    def fn(value: Any, step: StepInfo) -> Any:
+        iv.calls[hook.site] = iv.calls.get(hook.site, 0) + 1
+        return hook.fn(value, step)
+
+    return Hook(hook.site, fn, hook.rank)
+
+
 def run_hooks(vlm: Any, interventions: Sequence[Intervention], step: StepInfo) -> None:
-    """Apply every hook of ``interventions`` at ``step``, in forward order. Call inside a trace."""
-    hooks = [h for iv in interventions for h in iv.hooks(vlm)]
+    """Apply every hook of ``interventions`` at ``step``, in forward order. Call inside a trace.
+
+    Every call of a hook is counted on its intervention (:attr:`Intervention.calls`).
+    """
+    hooks = [_counted(iv, h) for iv in interventions for h in iv.hooks(vlm)]
     if not hooks:
         return
     sm = SiteMap(vlm.family.sites, vlm.model)

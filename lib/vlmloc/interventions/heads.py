@@ -1,14 +1,18 @@
 """Per-head outputs: read them, overwrite them from another run, or silence them.
 
-A head's output is its slice of ``o_proj``'s input, width ``o_proj.in_features // heads``
-(METHODS.md "Causal mediation per head"). The executor hands head hooks that input viewed as
-``[batch, query, heads, head_dim]``; these kinds edit it in place at absolute positions.
+A head's output is its slice of ``o_proj``'s input, width ``o_proj.in_features // heads`` (the
+book's methods page, book/methods.md, chapter 6). The executor hands head hooks that input viewed
+as ``[batch, query, heads, head_dim]``; these kinds edit it in place at absolute positions.
 
 - :class:`HeadRead` saves the heads' outputs of chosen layers (the source run of a patch).
 - :class:`HeadPatch` writes a source run's values into chosen heads, row by row: the usual
   patch (row ``b`` from source row ``b``) and the batched sweep (row ``r`` patches one head
   ``(l, h)`` from source row 0) are the same kind.
 - :class:`HeadAblation` zeroes heads (or sets them to a mean) at every generation step.
+
+Each kind has a null version that goes through the same writes: a patch from the run itself, and
+:meth:`HeadAblation.null`, whose fill is each head's own current output. With no heads at all a
+patch or an ablation installs nothing; that is no check of the path.
 """
 
 from __future__ import annotations
@@ -97,26 +101,50 @@ class HeadPatch(Intervention):
 
 
 class HeadAblation(Intervention):
-    """Heads set to zero (or to ``values[layer, head]``, e.g. a mean) at positions ``>= from_pos``, every step."""
+    """Heads set to zero (or to ``values[layer, head]``, e.g. a mean) at positions ``>= from_pos``, every step.
+
+    ``identity=True`` is the null ablation (:meth:`null`): each head's slice is overwritten with a
+    copy of its own current value, through the same write as the zero or mean fill. With no heads
+    at all nothing is installed (there is no layer to hook), so that is no check of the path.
+    """
 
     every_step = True
 
     def __init__(
-        self, heads: Iterable[Head], values: torch.Tensor | None = None, from_pos: int | Sequence[int] = 0
+        self,
+        heads: Iterable[Head],
+        values: torch.Tensor | None = None,
+        from_pos: int | Sequence[int] = 0,
+        identity: bool = False,
     ) -> None:
+        if identity and values is not None:
+            raise ValueError("an identity ablation writes each head's own value; it takes no values")
         self.heads = sorted({(int(la), int(h)) for la, h in heads})
         self.values = values
         self.from_pos = from_pos
+        self.identity = identity
+
+    @classmethod
+    def null(cls, heads: Iterable[Head], from_pos: int | Sequence[int] = 0) -> HeadAblation:
+        """The null ablation of ``heads``: hooks installed and run at every step, every value kept."""
+        return cls(heads, from_pos=from_pos, identity=True)
 
     def hooks(self, vlm: Any) -> list[Hook]:
         _check_heads(vlm, self.heads)
         layers = sorted({la for la, _ in self.heads})
         return [Hook(("heads", la), partial(self._ablate, la)) for la in layers]
 
+    def fill(self, layer: int, heads: list[int], current: torch.Tensor) -> torch.Tensor | float:
+        """What heads ``heads`` of ``layer`` are set to, given their ``current`` values ``[pos, heads, d]``."""
+        if self.identity:
+            return current.clone()
+        if self.values is None:
+            return 0.0
+        return self.values[layer, heads].to(current.device, current.dtype)
+
     def _ablate(self, layer: int, z: torch.Tensor, step: StepInfo) -> None:
         hs = [h for la, h in self.heads if la == layer]
-        fill = 0.0 if self.values is None else self.values[layer, hs].to(z.device, z.dtype)
         for row, first in enumerate(_per_row(self.from_pos, z.shape[0])):
-            start = max(first, step.q_start)
-            if start < step.k_len:
-                z[row, start - step.q_start :, hs] = fill
+            start = max(first, step.q_start) - step.q_start
+            if start < step.q_len:
+                z[row, start:, hs] = self.fill(layer, hs, z[row, start:, hs])

@@ -4,8 +4,8 @@ An intervention is described per image as a :class:`TokenEdit` (which sequence p
 vectors, or copies of which other positions), built from token *sets* (object, random, grown
 object, register, ...). :func:`apply_edits` turns a batch of them into the function that
 :meth:`vlmloc.adapter.VLM.generate` applies to ``language_model.inputs["inputs_embeds"]`` inside
-the nnsight trace. A null edit (a token replaced by itself, the identity permutation) leaves the
-logits unchanged; the tests check that.
+the nnsight trace. A null edit (a token replaced by itself, the identity permutation) goes through
+the same hook and write and must leave the logits unchanged; the tests check both.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def grown_indices(layout: ImageLayout, mask: np.ndarray, rings: int, kind: str |
 
 
 def register_indices(visual: torch.Tensor, n_std: float = 2.0) -> np.ndarray:
-    """High-norm outliers among an image's visual tokens: norm > mean + ``n_std`` std (METHODS.md)."""
+    """High-norm outliers among an image's visual tokens: norm > mean + ``n_std`` std (the book's
+    methods page, book/methods.md, chapter 2)."""
     norms = visual.float().norm(dim=-1)
     return torch.nonzero(norms > norms.mean() + n_std * norms.std()).squeeze(-1).cpu().numpy()
 
@@ -137,8 +138,8 @@ def pad_with_object_copies(
 def mean_visual_embedding(vlm, images, batch_size: int = 8, cache: str | Path | None = None) -> torch.Tensor:
     """Mean of all visual tokens at the LLM input over reference images; cached to ``cache`` if given.
 
-    METHODS.md: computed once per model over a reference set, it keeps the statistics of a visual
-    token while erasing its content.
+    The book's methods page (book/methods.md, chapter 2): computed once per model over a reference
+    set, it keeps the statistics of a visual token while erasing its content.
     """
     if cache is not None and Path(cache).exists():
         return torch.load(cache, map_location="cpu")

@@ -37,8 +37,10 @@ def plot_decoding_path(summary: Mapping, paper_text: str | None = None) -> Figur
     """Row, column and exact-cell test accuracy at every site, vision tower -> projector -> LLM.
 
     Stages are shaded and labelled; chance (one over the grid's rows; the tower's grid may be
-    finer than the token grid) is a dashed step, the shuffled-label control dots; the best LLM
-    layer is marked, and ``paper_text`` (the paper's peaks) is written beside the plot.
+    finer than the token grid) is a dashed step; the random-init control (the same probes on a
+    copy of the model with that stage randomly initialised) dots its row and column accuracy in
+    the colours of the trained probes' lines, where it was run; the best LLM layer is marked, and
+    ``paper_text`` (the paper's peaks) is written beside the plot.
     """
     sites: Sequence[Mapping] = summary["sites"]
     x = np.arange(len(sites))
@@ -57,14 +59,15 @@ def plot_decoding_path(summary: Mapping, paper_text: str | None = None) -> Figur
         ax.plot(x, [s[key] for s in sites], "-o", ms=3.5, color=color, label=label)
     chance = [100.0 / s["grid"][0] for s in sites]
     ax.step(x, chance, where="mid", color=COLORS["paper"], ls="--", lw=1, label="chance (row)")
-    ax.plot(
-        x,
-        [s["control"]["row_acc"] for s in sites],
-        ":",
-        color="black",
-        lw=1,
-        label="shuffled-label control (row)",
-    )
+    for key in ("row_acc", "col_acc"):  # one copy per stage: its line stops at the stage's border
+        label, color = _LINES[key]
+        legend = f"{label}, random-init stage"
+        for stage in _STAGE_SHADE:
+            idx = [i for i, s in enumerate(sites) if s["stage"] == stage and "random_init" in s]
+            if idx:
+                ys = [sites[i]["random_init"][key] for i in idx]
+                ax.plot(idx, ys, ":", marker=".", ms=3, color=color, lw=1.2, label=legend)
+                legend = None  # one legend entry per line kind
     best = summary["peaks"]["llm"]["site"]
     bi = next(i for i, s in enumerate(sites) if s["site"] == best)
     ax.axvline(bi, color="black", lw=0.8, ls="-.")

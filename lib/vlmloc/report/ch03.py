@@ -95,8 +95,8 @@ def _paper_size_note(size: str, condition: str) -> str:
 def by_size_table(summary: Mapping) -> pd.DataFrame:
     """Loc and Cls ± SE (change from the size's baseline) per condition and size class, n in the header.
 
-    The last column quotes what the paper says per size (it reports one number: large objects
-    gain 6.5 points of Loc without their tile tokens).
+    The last column quotes what the paper says per size (it reports one number, the Loc that
+    large objects gain without their tile tokens: ``VIEWS_BY_SIZE`` in :mod:`vlmloc.paper`).
     """
     sizes = [c for c in SIZE_CLASSES if c in summary["baseline"].get("by_size", {})]
     rows = []
@@ -258,12 +258,13 @@ def _finding_size(summary: Mapping, size: str) -> str:
             if e["global"]
             else "Loc does not drop without the thumbnail, unlike the paper,"
         )
+        rise = float(VIEWS_BY_SIZE["large"]["local"]["d_loc"])  # type: ignore[arg-type]
         if e["local_rises"]:
-            tiles = "and rises without the tiles, as in the paper (InternVL-3.5-8B: Loc ↑6.5)"
+            tiles = f"and rises without the tiles, as in the paper ({MODELS[PAPER_MODEL]}: Loc ↑{rise:.1f})"
         elif e["local"]:
-            tiles = "and drops without the tiles, where the paper sees it rise by 6.5 points"
+            tiles = f"and drops without the tiles, where the paper sees it rise by {rise:.1f} points"
         else:
-            tiles = "and stays within 2 standard errors without the tiles (the paper: Loc ↑6.5)"
+            tiles = f"and stays within 2 standard errors without the tiles (the paper: Loc ↑{rise:.1f})"
         return head + f"; {thumb} {tiles}."
     return head + " (the paper gives no statement for medium objects)."
 

@@ -8,7 +8,8 @@ summaries, so each finding's rule is testable on a hand-made one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
@@ -22,13 +23,17 @@ from ..experiments.ch05_attention_knockout import (
     window_first,
 )
 from ..families import TASKS
-from .common import can_drop, chapter_runs, rate_cell
+from ..paper import KNOCKOUT_LAYERS, MODELS, N_LAYERS, knockout_layers
+from .common import can_drop, chapter_runs, rate_cell, se_of_difference
 
 __all__ = [
     "NAME",
     "depth_finding",
+    "guess_finding",
     "knockout_table",
     "paper_finding",
+    "paper_ranges",
+    "power_finding",
     "results_table",
     "task_finding",
 ]
@@ -140,6 +145,77 @@ def paper_finding(summary: Mapping) -> str:
     inside = [mh[t]["in_paper_range"] for t in TASKS]
     where = "inside" if all(inside) else "outside" if not any(inside) else "partly inside"
     return f"On {m}, the most harmful windows ({', '.join(parts)}) lie {where} the paper's {range_}."
+
+
+def paper_ranges(n_layers: int) -> str:
+    """One sentence: the paper's knockout ranges (words) as layers of its own models and at ``n_layers``."""
+    parts = []
+    for model, r in KNOCKOUT_LAYERS.items():
+        a, b = knockout_layers(model, N_LAYERS[model])
+        c, d = knockout_layers(model, n_layers)
+        parts.append(
+            f"{MODELS[model]}'s {r['words']} are its layers {a}-{b} of {N_LAYERS[model]} "
+            f"(layers {c}-{d} at {n_layers} layers)"
+        )
+    return "Read as thirds of depth, " + " and ".join(parts) + "."
+
+
+def power_finding(summary: Mapping) -> str:
+    """One sentence: this run's standard errors beside its largest single-window drops, in SEs."""
+    m, n, b = summary["model_id"], summary["n_samples"], summary["baseline"]
+    head = (
+        f"At n = {n} objects, {m}'s baseline has standard errors of Loc ± {b['loc_se']:.1f} and "
+        f"Cls ± {b['cls_se']:.1f} points"
+    )
+    parts, resolved = [], []
+    for task in TASKS:
+        mh = most_harmful(summary, task)
+        if mh["window"] is None:
+            continue
+        k = KEY[task]
+        se = se_of_difference(b[f"{k}_se"], summary["knockout"]["object"][mh["window"]][f"{k}_se"])
+        ratio = mh["drop"] / se if se > 0 else float("inf")
+        parts.append(
+            f"{mh['drop']:.1f} points for {task} (layers {mh['window']}, {ratio:.1f} standard errors)"
+        )
+        resolved.append(ratio > 2)
+    if not parts:
+        return head + "; no sliding window was run, so there is no single-window drop to compare."
+    head += "; the largest drop from blocking the object in one window is " + " and ".join(parts)
+    if all(resolved):
+        return head + ": both beyond 2 standard errors, so this n resolves them."
+    return head + ": a drop within 2 standard errors is within noise at this n; pass a larger n_samples."
+
+
+def _normalised(answer: str) -> str:
+    return answer.strip().strip(".!,;:\"'").strip().lower()
+
+
+def guess_finding(summary: Mapping, image_answers: Mapping[str, Sequence[str]]) -> str:
+    """One sentence: where blocking the whole image leaves Cls *above* blocking the object alone, and
+    the most frequent answer there (a model without the image can still guess a class).
+
+    ``image_answers``: the classification answers of the image knockout per window label
+    (:meth:`~vlmloc.experiments.ch05_attention_knockout.Knockout.answers`).
+    """
+    m, ko = summary["model_id"], summary["knockout"]
+    gaps = {
+        w: ko["image"][w]["cls"] - ko["object"][w]["cls"] for w in summary["windows"] if image_answers.get(w)
+    }
+    if not gaps or max(gaps.values()) <= 0:
+        return (
+            f"On {m}, blocking the whole image never leaves Cls above blocking the object alone: "
+            "here the image knockout bounds the harm."
+        )
+    w = max(gaps, key=lambda x: gaps[x])
+    answers = image_answers[w]
+    top, count = Counter(_normalised(a) for a in answers).most_common(1)[0]
+    where = "in all layers" if w == "all" else f"in layers {w}"
+    return (
+        f"On {m}, blocking the whole image {where} leaves Cls at {ko['image'][w]['cls']:.1f}%, above the "
+        f"{ko['object'][w]['cls']:.1f}% of blocking the object alone; its most frequent answer there is "
+        f"“{top}” ({count} of {len(answers)} objects)."
+    )
 
 
 def results_table(collected: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:

@@ -1,0 +1,1440 @@
+"""GPU plans: does a chapter fit this GPU, in which dtype, at which batch, and for how long?
+
+A reader who opens a chapter on Colab gets a T4 (14.7 GiB, no bfloat16, 12.7 GiB of host RAM) or,
+with Colab Pro, an L4 or an A100. This module answers before anything loads, from each model's
+config alone::
+
+    python -m vlmloc.plan llava-hf/llava-1.5-7b-hf --gpu t4          # every chapter on a T4
+    python -m vlmloc.plan OpenGVLab/InternVL3_5-8B-HF --gpu h100 --max-tiles 6
+    plan = check_fits(model_id, "01_data_and_baselines", device=device, dtype=dtype, batch_size=16)
+
+:func:`check_fits` is what a chapter's model cell calls: on a GPU (or when a memory budget is
+forced with ``memory_gb`` or ``VLMLOC_MEMORY_GB``) it prints the chapter's plan and raises
+:class:`PlanError`, one sentence naming what would fit, when the plan does not.
+
+**The model.** The real models' configs are written below as data (:data:`REAL_CONFIGS`, the fields
+of their ``config.json`` the plan needs); a loaded or saved checkpoint goes through the same
+:func:`shape_from_config`. Each chapter is a list of :class:`Pass` objects (forwards with their token
+counts, batch and what they keep), counted from its notebook at its defaults and at the paper's
+scale (:data:`CHAPTER_DEFAULTS`, :data:`PAPER_SCALE`).
+
+- Memory = weights (parameters x dtype) + the largest working set of any pass at its batch. A
+  row of a pass holds its KV cache (prefix + prompt + generated tokens; a reused prefix and the
+  copy ``generate`` starts from), the attention buffers (sdpa: the boolean mask of a left-padded
+  batch; eager: every head's score matrix, in the dtype and upcast to float32 for the softmax),
+  the hidden states a read keeps, the activations a backward needs, and the larger of two
+  transient phases: the vision tower (pixels, the tower's returned states, one layer's
+  activations) and the decoder (input embeddings, one layer's activations, the logits: the last
+  position when generating, every position when scoring). A CUDA context of
+  :data:`RESERVE_GIB` is set aside. ``tests/test_plan.py`` checks this against what the tiny
+  models at the real geometry allocate on the CPU.
+- Time = a roofline per pass: FLOPs at :attr:`GPU.efficiency` of the dense half-precision peak, or
+  the bytes moved (weights once per forward, the KV cache each row reads) at the memory bandwidth,
+  whichever is slower, plus :attr:`GPU.overhead_s` per traced forward (Python, nnsight, kernel
+  launches; each generated token is one forward). Chapter 6's three ways to get every head's MF
+  (:func:`method_costs`) are built from the same passes. Loading the model, LaMa inpainting and the
+  probes' own optimizer steps are not counted. It is an estimate to plan a run, not a measurement.
+
+**Counting a chapter** (forwards per object and task, both tasks unless said; greedy answers of
+24 tokens; InternVL sees a 640x480 COCO image as 12 tiles + the thumbnail unless ``max_tiles``
+says fewer):
+
+1. baseline generation; the control set's classification of each inpainted image (counted for
+   every object: an upper bound).
+2. the mean visual embedding (``n_reference`` images, to the LLM input); Integrated Gradients,
+   ``ig_steps`` forward + backward passes per object and task (rows of ``min(ig_steps,
+   batch_size)``); 9 generations for classification (baseline, 6 ablations, 2 shuffles) and 11 for
+   localization (also padding p = 1, 2).
+3. InternVL only: the mean visual embedding; baseline + 5 view ablations per task.
+4. ``epochs x n_train + n_test`` image forwards that keep every site's hidden states; with the
+   control, the same reads on a random-init copy of each stage (tower, projector, LLM): a second
+   model in GPU memory, built on the CPU first (host RAM holds a full copy). Counted streamed: the
+   chapter keeps a copy's training activations instead when they fit ``control_cache_mb`` (the
+   toys' do; a real model's 96 images take ~15 GB), and then runs one pass, not ``epochs``.
+5. baseline generation; the image prefix once per batch, then 3 token sets x (``L - window + 1``
+   windows + all layers) generations of the prompt after it, from a copy of the cached prefix.
+6. per pair and task: the exact sweep with the prefix reused (:func:`method_costs`); at the
+   defaults also the null check (one full forward per head for one pair, and the batched sweep),
+   ``n_control_pairs`` mismatched sweeps, the sweep at the other ``patch_positions`` (``"all"``: a
+   full forward per head) and attribution patching.
+7. baseline + ``len(ks) x 2 head sets x (1 + n_draws)`` ablated generations per object and task.
+
+**The paper's scale.** 50 pairs for chapter 6 and 50,000 + 10,000 images x 10 epochs for chapter
+4, as the paper states (:mod:`vlmloc.paper`). The paper gives no object count for its other
+tables; we take :data:`PAPER_OBJECTS`, the fewest objects whose baseline could have kept its
+control-set pairs (``paper.CONTROL_SET`` divided by LLaVA-1.5-7B's Cls), and the 50 Integrated-Gradients steps of
+its ablation. Chapter 6's paper row is the exact sweep alone, as the paper ran it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .paper import CONTROL_SET, INTERNVL_8B, LLAVA_7B, MEDIATION_PAIRS, MODELS, POSITION_PROBES, RESULTS
+
+__all__ = [
+    "CHAPTER_DEFAULTS",
+    "GPU",
+    "GPUS",
+    "H100",
+    "LLAVA_13B",
+    "MEMORY_ENV",
+    "METHODS",
+    "NAMES",
+    "PAPER_OBJECTS",
+    "PAPER_SCALE",
+    "PLAN_IMAGE",
+    "REAL_CONFIGS",
+    "REAL_GEOMETRIES",
+    "RESERVE_GIB",
+    "ChapterPlan",
+    "DTypeError",
+    "Geometry",
+    "ModelShape",
+    "NoPlan",
+    "Pass",
+    "PlanError",
+    "PlanTable",
+    "chapter_passes",
+    "check_fits",
+    "choose_dtype",
+    "cost_table",
+    "geometry_of",
+    "internvl_tiles",
+    "method_costs",
+    "pass_seconds",
+    "plan_chapter",
+    "plan_model",
+    "readme_tables",
+    "row_bytes",
+    "shape_from_config",
+    "shape_of",
+    "sweep_passes",
+    "toy_cost_table",
+]
+
+GIB = 2**30
+#: Set aside on every GPU: the CUDA context, cuBLAS workspaces and the allocator's slack.
+RESERVE_GIB = 0.6
+#: Host memory of the Python process before any weight loads (torch with CUDA, transformers, nnsight).
+HOST_RUNTIME_GIB = 2.5
+#: Hugging Face writes checkpoints in shards of at most 5 GB; loading straight to the GPU maps one at a time.
+SHARD_GIB = 5e9 / GIB
+#: An image of COCO's usual size: what InternVL's tiling is planned for.
+PLAN_IMAGE = (640, 480)
+#: ``VLMLOC_MEMORY_GB``: a forced GPU memory budget in GiB (tests, or planning for a smaller card).
+MEMORY_ENV = "VLMLOC_MEMORY_GB"
+
+LLAVA_13B = "llava-hf/llava-1.5-13b-hf"
+#: Display names: the paper's models and LLaVA-1.5-13B.
+NAMES: dict[str, str] = {**MODELS, LLAVA_13B: "LLaVA-1.5-13B"}
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+# --------------------------------------------------------------------------- GPUs
+
+
+@dataclass(frozen=True)
+class GPU:
+    """One GPU: its memory, its dense peaks and bandwidth, and what it supports.
+
+    ``memory_gb`` is GiB as ``torch.cuda.get_device_properties(0).total_memory`` reports it (a
+    "16 GB" T4 shows 14.7). ``peak_tflops`` is the dense float16/bfloat16 tensor-core peak,
+    ``fp32_tflops`` the float32 one. ``host_ram_gb`` is the host memory of the machine that usually
+    comes with the card (free Colab's T4), None where it varies.
+    """
+
+    name: str
+    memory_gb: float
+    peak_tflops: float
+    bandwidth_tbs: float
+    bf16: bool = True
+    fp32_tflops: float | None = None
+    host_ram_gb: float | None = None
+    efficiency: float = 0.4  # share of the peak a well-batched forward sustains
+    overhead_s: float = 0.05  # fixed cost of one traced forward (Python, nnsight, kernel launches)
+
+    @property
+    def usable_bytes(self) -> float:
+        """What the weights and the working set may use: the memory less :data:`RESERVE_GIB`."""
+        return (self.memory_gb - RESERVE_GIB) * GIB
+
+    def seconds(self, flops: float, bytes_moved: float, forwards: int = 0, dtype: str = "float16") -> float:
+        """Roofline (compute-bound or memory-bound, whichever is slower) plus a fixed cost per forward."""
+        peak = self.peak_tflops if dtype != "float32" else (self.fp32_tflops or self.peak_tflops / 8)
+        compute = flops / (self.efficiency * peak * 1e12)
+        return max(compute, bytes_moved / (self.bandwidth_tbs * 1e12)) + forwards * self.overhead_s
+
+
+#: The GPUs a reader meets: free Colab's T4, Colab Pro's L4 and A100s, and an H100 (SXM).
+GPUS: dict[str, GPU] = {
+    "t4": GPU("T4", 14.7, 65, 0.32, bf16=False, fp32_tflops=8.1, host_ram_gb=12.7),
+    "l4": GPU("L4", 22.0, 121, 0.30, fp32_tflops=30.3),
+    "a100-40": GPU("A100 40GB", 39.4, 312, 1.555, fp32_tflops=19.5),
+    "a100-80": GPU("A100 80GB", 79.2, 312, 2.039, fp32_tflops=19.5),
+    "h100": GPU("H100 80GB", 79.1, 989, 3.35, fp32_tflops=67),
+}
+H100 = GPUS["h100"]
+
+
+class DTypeError(ValueError):
+    """A dtype the device cannot run (bfloat16 on a GPU older than Ampere)."""
+
+
+def choose_dtype(requested: str | None, device: str, bf16: bool = True, gpu_name: str = "this GPU") -> str:
+    """The dtype a model runs in: ``"auto"`` is bfloat16 where the GPU has it, float16 otherwise,
+    float32 on the CPU; an explicit bfloat16 on a GPU without it is a :class:`DTypeError`.
+
+    Half precision on a CPU is slow and inexact, so the CPU always gets float32 (the adapter warns).
+    """
+    name = requested or "auto"
+    if name not in (*_DTYPE_BYTES, "auto"):
+        raise DTypeError(f"dtype must be auto, float32, float16 or bfloat16, got {name!r}")
+    on_gpu = device.startswith("cuda")
+    if not on_gpu:
+        return "float32"
+    if name == "auto":
+        return "bfloat16" if bf16 else "float16"
+    if name == "bfloat16" and not bf16:
+        raise DTypeError(
+            f"{gpu_name} has no bfloat16 (it needs compute capability 8.0, Ampere or newer); "
+            "pass -p dtype float16, or -p dtype auto to take the best the GPU has"
+        )
+    return name
+
+
+# --------------------------------------------------------------------------- model shapes
+
+
+#: The fields of the real models' ``config.json`` the plan reads (transformers' names), as data:
+#: no checkpoint is downloaded to plan. ``max_patches`` is InternVL's processor setting.
+REAL_CONFIGS: dict[str, dict[str, Any]] = {
+    LLAVA_7B: {
+        "model_type": "llava", "vision_feature_layer": -2, "image_seq_length": 576, "tie_word_embeddings": False,
+        "text_config": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                        "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32064},
+        "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                          "num_attention_heads": 16, "image_size": 336, "patch_size": 14},
+    },
+    LLAVA_13B: {
+        "model_type": "llava", "vision_feature_layer": -2, "image_seq_length": 576, "tie_word_embeddings": False,
+        "text_config": {"hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
+                        "num_attention_heads": 40, "num_key_value_heads": 40, "vocab_size": 32064},
+        "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                          "num_attention_heads": 16, "image_size": 336, "patch_size": 14},
+    },
+    INTERNVL_8B: {
+        "model_type": "internvl", "vision_feature_layer": -1, "image_seq_length": 256, "downsample_ratio": 0.5,
+        "tie_word_embeddings": False, "max_patches": 12,
+        "text_config": {"hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
+                        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                        "vocab_size": 151936},
+        "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                          "num_attention_heads": 16, "image_size": [448, 448], "patch_size": [14, 14]},
+    },
+}  # fmt: skip
+
+#: Text tokens around the image, per family: before it (chat template), the prompt after it per
+#: task, and the teacher-forced answer (a class name; LLaVA's ``[x, y, x, y]`` or InternVL's
+#: ``<ref>..</ref><box>[[..]]</box>``), counted with the real tokenizers for a short class name.
+TEXT_TOKENS: dict[str, dict[str, Any]] = {
+    "llava": {"before": 5, "prompt": {"classification": 12, "localization": 26},
+              "answer": {"classification": 3, "localization": 24}},
+    "internvl": {"before": 5, "prompt": {"classification": 14, "localization": 28},
+                 "answer": {"classification": 3, "localization": 28}},
+}  # fmt: skip
+TASKS = ("classification", "localization")
+MAX_NEW_TOKENS = 24
+
+
+def internvl_tiles(image_size: tuple[int, int], max_tiles: int, tile: int = 448, min_tiles: int = 1) -> int:
+    """InternVL's tile count for an image ``(width, height)``: the processor's own choice of grid."""
+    from transformers.models.got_ocr2.image_processing_got_ocr2 import get_optimal_tiled_canvas
+
+    w, h = image_size
+    cols, rows = get_optimal_tiled_canvas((h, w), (tile, tile), min_tiles, max_tiles)
+    return cols * rows
+
+
+def _side(v: Any) -> int:
+    return int(v[0] if isinstance(v, list | tuple) else v)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What memory and FLOPs depend on, read from a config: the decoder, the tower, the views.
+
+    ``max_tiles`` is InternVL's tiling limit (None: one padded view, LLaVA). ``vision_states``
+    is how many of the tower's hidden states a forward returns (LLaVA reads layer -2, so it asks
+    for all of them).
+    """
+
+    name: str
+    family: str
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+    tied: bool
+    vision_layers: int
+    vision_width: int
+    vision_ffn: int
+    vision_heads: int
+    image: int
+    patch: int
+    view_tokens: int
+    projector_in: int
+    vision_states: int
+    max_tiles: int | None = None
+
+    @property
+    def tower_tokens(self) -> int:
+        """Tokens through the tower per view: patches + the class token."""
+        return (self.image // self.patch) ** 2 + 1
+
+    def views(self, image_size: tuple[int, int] = PLAN_IMAGE) -> int:
+        """Views of an image: LLaVA one padded square; InternVL its tiles + the thumbnail (one tile: none)."""
+        if self.max_tiles is None:
+            return 1
+        n = internvl_tiles(image_size, self.max_tiles, self.image)
+        return n + 1 if n > 1 else 1
+
+    def visual_tokens(self, image_size: tuple[int, int] = PLAN_IMAGE) -> int:
+        return self.views(image_size) * self.view_tokens
+
+    def with_tiles(self, max_tiles: int | None) -> ModelShape:
+        """The same model with InternVL's tiling limited to ``max_tiles`` (None: unchanged)."""
+        if max_tiles is None or self.max_tiles is None:
+            return self
+        return dataclasses.replace(self, max_tiles=int(max_tiles))
+
+    # --- parameters -------------------------------------------------------------------------
+    def decoder_layer_params(self) -> int:
+        h, a, kv = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        qk_norm = 2 * self.head_dim if self.family == "internvl" else 0  # Qwen3 normalises q and k
+        return 2 * h * a + 2 * h * kv + 3 * h * self.ffn + 2 * h + qk_norm
+
+    def vision_params(self) -> int:
+        w, f = self.vision_width, self.vision_ffn
+        if self.family == "internvl":  # InternViT: no qkv bias, two layer scales
+            layer = 4 * w * w + w + 2 * w * f + f + w + 4 * w + 2 * w
+            embed = 3 * self.patch**2 * w + w + w + self.tower_tokens * w
+            norms = 0
+        else:  # CLIP: biased projections, pre- and post-layernorm
+            layer = 4 * w * w + 4 * w + 2 * w * f + f + w + 4 * w
+            embed = 3 * self.patch**2 * w + w + self.tower_tokens * w
+            norms = 4 * w
+        return self.vision_layers * layer + embed + norms
+
+    def projector_params(self) -> int:
+        norm = 2 * self.projector_in if self.family == "internvl" else 0
+        return norm + self.projector_in * self.hidden + self.hidden * self.hidden + 2 * self.hidden
+
+    def n_params(self) -> int:
+        embed = self.vocab * self.hidden * (1 if self.tied else 2)
+        decoder = self.layers * self.decoder_layer_params() + embed + self.hidden
+        return decoder + self.vision_params() + self.projector_params()
+
+    # --- FLOPs ----------------------------------------------------------------------------------
+    def vision_flops(self, views: int, visual_tokens: int) -> float:
+        """Tower (every view) and projector FLOPs of one image."""
+        return _tower_flops(
+            self.vision_layers, self.tower_tokens, self.vision_width, self.vision_ffn, views
+        ) + (2 * visual_tokens * (self.projector_in * self.hidden + self.hidden * self.hidden))
+
+    def geometry(self, dtype_bytes: int = 2, image_size: tuple[int, int] = PLAN_IMAGE) -> Geometry:
+        """Chapter 6's :class:`Geometry` of this shape: the tokens of one image and its prompts."""
+        text = TEXT_TOKENS[self.family]
+        views, visual = self.views(image_size), self.visual_tokens(image_size)
+        return Geometry(
+            NAMES.get(self.name, self.name), layers=self.layers, heads=self.heads, kv_heads=self.kv_heads,
+            hidden=self.hidden, head_dim=self.head_dim, ffn=self.ffn, vocab=self.vocab,
+            prefix=text["before"] + visual,
+            suffix={t: text["prompt"][t] + text["answer"][t] for t in TASKS},
+            vision_flops=self.vision_flops(views, visual), weight_bytes=self.n_params() * dtype_bytes,
+            dtype_bytes=dtype_bytes,
+        )  # fmt: skip
+
+
+def shape_from_config(name: str, config: Mapping[str, Any], max_tiles: int | None = None) -> ModelShape:
+    """A :class:`ModelShape` from a ``config.json`` dict (or :data:`REAL_CONFIGS`' subset of one).
+
+    ``max_tiles``: InternVL's processor limit (``max_patches``); defaults to the config's
+    ``max_patches`` entry, else 12 (the release default).
+    """
+    family = config["model_type"]
+    if family not in TEXT_TOKENS:
+        raise ValueError(f"no plan for model type {family!r}; the plan knows {', '.join(TEXT_TOKENS)}")
+    tc, vc = config["text_config"], config["vision_config"]
+    heads = int(tc["num_attention_heads"])
+    hidden = int(tc["hidden_size"])
+    image, patch = _side(vc["image_size"]), _side(vc["patch_size"])
+    tied = config.get("tie_word_embeddings", tc.get("tie_word_embeddings", False))
+    if family == "internvl":
+        ratio = float(config.get("downsample_ratio", 0.5))
+        view_tokens = int(config.get("image_seq_length") or round((image // patch * ratio) ** 2))
+        projector_in = int(vc["hidden_size"] * round(1 / ratio) ** 2)
+        tiles = int(max_tiles or config.get("max_patches", 12))
+    else:
+        view_tokens = int(config.get("image_seq_length") or (image // patch) ** 2)
+        projector_in, tiles = int(vc["hidden_size"]), None
+    feature_layer = int(config.get("vision_feature_layer", -1))
+    return ModelShape(
+        name=name, family=family, layers=int(tc["num_hidden_layers"]), hidden=hidden, heads=heads,
+        kv_heads=int(tc.get("num_key_value_heads") or heads), head_dim=int(tc.get("head_dim") or hidden // heads),
+        ffn=int(tc["intermediate_size"]), vocab=int(tc["vocab_size"]), tied=bool(tied),
+        vision_layers=int(vc["num_hidden_layers"]), vision_width=int(vc["hidden_size"]),
+        vision_ffn=int(vc["intermediate_size"]), vision_heads=int(vc["num_attention_heads"]), image=image,
+        patch=patch, view_tokens=view_tokens, projector_in=projector_in,
+        vision_states=int(vc["num_hidden_layers"]) + 1 if feature_layer != -1 else 1, max_tiles=tiles,
+    )  # fmt: skip
+
+
+class NoPlan(LookupError):
+    """A model the plan has no config for (a family it does not model, a hub id not cached), or a
+    chapter it does not count: :func:`check_fits` lets such a load through unchecked."""
+
+
+def _config_file(model_id: str) -> Path | None:
+    """The ``config.json`` of a registered checkpoint: its folder's, or the Hugging Face cache's."""
+    from .registry import get_spec
+
+    source = get_spec(model_id).source
+    if (Path(source) / "config.json").is_file():
+        return Path(source) / "config.json"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "config.json")
+    except Exception:  # an id that is not a repository name
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def shape_of(model_id: str, max_tiles: int | None = None) -> ModelShape:
+    """The shape of a registered model: the real ones from :data:`REAL_CONFIGS`, any other from its
+    ``config.json`` (a toy's folder, or the Hugging Face cache) and its processor config."""
+    if model_id in REAL_CONFIGS:
+        return shape_from_config(model_id, REAL_CONFIGS[model_id], max_tiles)
+    path = _config_file(model_id)
+    if path is None:
+        raise NoPlan(
+            f"no plan for {model_id}: vlmloc.plan.REAL_CONFIGS lacks it and no config.json is at hand"
+        )
+    config = json.loads(path.read_text())
+    proc = path.parent / "processor_config.json"
+    if proc.is_file():
+        ip = json.loads(proc.read_text()).get("image_processor", {})
+        if "max_patches" in ip:
+            config = {**config, "max_patches": ip["max_patches"]}
+    if config.get("model_type") not in TEXT_TOKENS:
+        raise NoPlan(
+            f"no plan for {model_id}: the plan models {', '.join(TEXT_TOKENS)}, not {config.get('model_type')!r}"
+        )
+    return shape_from_config(model_id, config, max_tiles)
+
+
+# --------------------------------------------------------------------------- chapter 6's cost geometry
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What a sweep's cost depends on: the decoder's shape, the tokens and the vision tower's FLOPs.
+
+    ``prefix`` counts the tokens up to the last image token (where patches start), ``suffix`` the
+    tokens after it per task (the rest of the prompt plus the teacher-forced answer).
+    """
+
+    name: str
+    layers: int
+    heads: int
+    kv_heads: int
+    hidden: int
+    head_dim: int
+    ffn: int
+    vocab: int
+    prefix: int
+    suffix: Mapping[str, int]
+    vision_flops: float  # vision tower + projector, one image (all its views)
+    weight_bytes: float
+    dtype_bytes: int = 2
+
+    @property
+    def layer_params(self) -> int:
+        attn = self.hidden * self.head_dim * (2 * self.heads + 2 * self.kv_heads)
+        return attn + 3 * self.hidden * self.ffn
+
+    @property
+    def n_heads_total(self) -> int:
+        return self.layers * self.heads
+
+    def decoder_flops(
+        self, tokens: int, past: int, layers: float | None = None, logits: bool = True
+    ) -> float:
+        """Forward FLOPs of ``tokens`` new tokens after ``past`` cached ones through ``layers`` layers."""
+        layers = self.layers if layers is None else layers
+        keys = tokens * past + tokens * (tokens + 1) / 2  # causal: token t attends to past + t + 1 keys
+        per_layer = 2 * self.layer_params * tokens + 4 * self.heads * self.head_dim * keys
+        return layers * per_layer + (2 * self.hidden * self.vocab * tokens if logits else 0.0)
+
+    def kv_bytes(self, tokens: float) -> float:
+        return 2 * self.layers * tokens * self.kv_heads * self.head_dim * self.dtype_bytes
+
+    def act_bytes(self, tokens: int) -> float:
+        """Peak working memory of one row's forward without gradients (logits, MLP, residual)."""
+        return tokens * (self.vocab + 2 * self.ffn + 6 * self.hidden) * self.dtype_bytes
+
+
+def _tower_flops(layers: int, tokens: int, hidden: int, ffn: int, views: int) -> float:
+    per_layer = 2 * tokens * (4 * hidden * hidden + 2 * hidden * ffn) + 4 * tokens * tokens * hidden
+    return views * layers * per_layer
+
+
+#: LLaVA-1.5-7B and InternVL-3.5-8B in half precision (chapter 6's cost table): from
+#: :data:`REAL_CONFIGS`, InternVL with the 12 tiles + thumbnail of a 640x480 image (3,328 tokens).
+REAL_GEOMETRIES: dict[str, Geometry] = {
+    m: shape_from_config(m, REAL_CONFIGS[m]).geometry(2) for m in (LLAVA_7B, INTERNVL_8B)
+}
+
+
+def geometry_of(vlm: Any, prefix: int, suffix: Mapping[str, int], views: int = 1) -> Geometry:
+    """A loaded model's geometry (from its config) with token counts measured on its inputs."""
+    tc, vc = vlm.config.text_config, vlm.config.vision_config
+    n_params = sum(p.numel() for p in vlm.hf.parameters())
+    side = int(vc.image_size[0] if isinstance(vc.image_size, list | tuple) else vc.image_size)
+    patch = int(vc.patch_size[0] if isinstance(vc.patch_size, list | tuple) else vc.patch_size)
+    tokens = (side // patch) ** 2 + 1
+    return Geometry(
+        vlm.model_id, layers=vlm.n_layers, heads=vlm.n_heads,
+        kv_heads=int(getattr(tc, "num_key_value_heads", None) or vlm.n_heads), hidden=int(tc.hidden_size),
+        head_dim=vlm.head_dim, ffn=int(tc.intermediate_size), vocab=int(tc.vocab_size), prefix=prefix,
+        suffix=dict(suffix),
+        vision_flops=_tower_flops(int(vc.num_hidden_layers), tokens, int(vc.hidden_size), int(vc.intermediate_size), views),
+        weight_bytes=n_params * next(vlm.hf.parameters()).element_size(),
+        dtype_bytes=next(vlm.hf.parameters()).element_size(),
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- passes
+
+
+@dataclass(frozen=True)
+class Pass:
+    """A kind of forward a chapter runs: ``groups`` x ``rows`` rows, in batches of ``batch``.
+
+    Rows of different groups never share a batch (each condition, or each layer of chapter 6's
+    sweep, batches on its own). A row runs ``tokens`` new tokens after ``past`` cached ones
+    through ``layers`` decoder layers (None: all), then ``new_tokens`` greedy steps. ``logits``:
+    ``"last"`` (generation, a prefix), ``"all"`` (teacher-forced scores) or ``"none"`` (stops
+    before the head). ``held`` cached tokens are held per row besides its own cache (a reused
+    prefix, of which ``generate`` starts from a copy); ``kept`` the sites whose hidden states are
+    kept (``"all"``, ``"tower"``); ``backward`` adds a backward pass through the decoder.
+    """
+
+    label: str
+    rows: int
+    batch: int
+    tokens: int
+    past: int = 0
+    new_tokens: int = 0
+    groups: int = 1
+    vision: bool = True
+    decoder: bool = True
+    logits: str = "last"
+    backward: bool = False
+    kept: str | None = None
+    held: int = 0
+    layers: float | None = None
+
+    @property
+    def calls(self) -> int:
+        return self.groups * math.ceil(self.rows / self.batch) if self.rows else 0
+
+
+@dataclass(frozen=True)
+class _Costs:
+    """Per-row bytes of a pass's working set, by kind."""
+
+    kv: float
+    attention: float
+    kept: float
+    other: float
+
+    @property
+    def total(self) -> float:
+        return self.kv + self.attention + self.kept + self.other
+
+
+def row_bytes(
+    shape: ModelShape, p: Pass, dtype_bytes: int, attn: str = "sdpa", image_size: tuple[int, int] = PLAN_IMAGE
+) -> _Costs:
+    """The working memory one row of ``p`` adds (see the module docstring for the terms)."""
+    d, s = dtype_bytes, shape
+    views, visual = s.views(image_size), s.visual_tokens(image_size)
+    kv_token = 2 * s.layers * s.kv_heads * s.head_dim * d
+    keys = p.past + p.tokens + p.new_tokens
+    kv = kv_token * (keys + p.held) if p.decoder else 0.0
+    attention = 0.0
+    if p.decoder:
+        attention += p.tokens * (p.past + p.tokens)  # sdpa's boolean mask of a left-padded batch
+        if attn == "eager":
+            attention += s.heads * p.tokens * (p.past + p.tokens) * (d + 4)  # scores, float32 softmax
+    if p.vision and attn == "eager":
+        attention = max(attention, views * s.vision_heads * s.tower_tokens**2 * (d + 4))
+    kept = 0.0
+    if p.kept:
+        kept = (s.vision_layers * views * s.tower_tokens * s.vision_width + 2 * visual * s.hidden) * d
+        if p.kept == "all":
+            kept += s.layers * visual * s.hidden * d
+    pixels = views * 3 * s.image**2 * d if p.vision else 0.0
+    vision = 0.0
+    if p.vision:
+        states = s.vision_states * views * s.tower_tokens * s.vision_width
+        layer = views * s.tower_tokens * (4 * s.vision_width + s.vision_ffn)
+        vision = (states + layer + visual * (s.projector_in + s.hidden)) * d
+    decoder = 0.0
+    if p.decoder:
+        q = p.tokens
+        layer = q * (3 * s.hidden + 2 * s.heads * s.head_dim + 2 * s.kv_heads * s.head_dim + 3 * s.ffn)
+        logits = {"last": s.vocab * (1 + 4 / d), "all": q * s.vocab, "none": 0.0}[p.logits]
+        decoder = (2 * q * s.hidden + layer + logits) * d
+        if p.backward:  # what the backward keeps of every layer, and the float32 log-softmax
+            saved = 4 * s.hidden + 2 * s.heads * s.head_dim + 2 * s.kv_heads * s.head_dim + 4 * s.ffn
+            decoder += s.layers * q * saved * d + (q * s.vocab * 4 if p.logits == "all" else 0.0)
+    return _Costs(kv, attention, kept, pixels + max(vision, decoder))
+
+
+# --------------------------------------------------------------------------- chapter 6's methods
+
+METHODS = ("exact sweep", "exact, prefix reused", "attribution patching")
+
+
+def sweep_passes(g: Geometry, method: str, n_pairs: int, task: str, batch: int) -> list[Pass]:
+    """The passes of one of :data:`METHODS` for ``n_pairs`` pairs of one task.
+
+    - *exact sweep*: one full forward per head (vision tower included), ``batch`` rows of any layers;
+    - *exact, prefix reused*: the image prefix once, then per layer ``l`` its heads as rows of a
+      suffix-only forward through layers ``l..L-1`` (:func:`vlmloc.sweeps.head_patch_scores`; its
+      batches never mix layers, so at most ``heads`` rows; each row holds the prefix cache, as each
+      layer's concatenation of prefix and suffix keys materializes it per row);
+    - *attribution patching*: the base prefix, then the base suffix forward and backward, batch 1.
+
+    Every method also scores the source once per pair (the values patched in).
+    """
+    s, total = g.suffix[task], g.prefix + g.suffix[task]
+    source = Pass("source and base scores", n_pairs, 1, total, logits="all")
+    if method == "exact sweep":
+        rows = Pass("every head: a full forward", n_pairs * g.n_heads_total, batch, total, logits="all")
+        return [source, rows]
+    prefix = Pass("image prefix", n_pairs, 1, g.prefix, logits="none")
+    if method == "exact, prefix reused":
+        b = max(1, min(batch, g.heads))
+        base = Pass("base suffix", n_pairs, 1, s, past=g.prefix, vision=False, logits="all")
+        rows = Pass(
+            "every head: suffix after the prefix", g.heads, b, s, past=g.prefix, groups=n_pairs * g.layers,
+            vision=False, logits="all", layers=(g.layers + 1) / 2,
+        )  # fmt: skip
+        return [source, prefix, base, rows]
+    if method == "attribution patching":
+        back = Pass("base suffix, forward and backward", n_pairs, 1, s, past=g.prefix, vision=False,
+                    logits="all", backward=True)  # fmt: skip
+        return [source, prefix, back]
+    raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
+
+
+def pass_flops(g: Geometry, p: Pass) -> float:
+    """FLOPs of one row of ``p``'s first forward (a backward: twice the forward again)."""
+    flops = g.vision_flops if p.vision else 0.0
+    if p.decoder:
+        flops += g.decoder_flops(p.tokens, p.past, p.layers, p.logits != "none") * (3 if p.backward else 1)
+    return flops
+
+
+def pass_seconds(g: Geometry, p: Pass, gpu: GPU, dtype: str = "float16", vision_share: float = 0.1) -> float:
+    """Roofline time of ``p`` on ``gpu``: its first forwards, then its greedy steps, each on its own.
+
+    A forward reads the weights it runs (``vision_share`` of them when it stops at the LLM input,
+    the share of the layers it runs, twice with a backward) and each row's KV cache.
+    """
+    if not p.rows:
+        return 0.0
+    n = p.groups * p.rows
+    share = vision_share if not p.decoder else 1.0 if p.layers is None else p.layers / g.layers
+    reads = g.weight_bytes * share * (2 if p.backward else 1) + p.batch * g.kv_bytes(p.past + p.tokens)
+    t = gpu.seconds(n * pass_flops(g, p), p.calls * reads, p.calls, dtype)
+    if p.new_tokens:
+        mid = p.past + p.tokens + p.new_tokens / 2
+        steps = p.calls * p.new_tokens
+        step_reads = g.weight_bytes + p.batch * g.kv_bytes(mid)
+        t += gpu.seconds(n * p.new_tokens * g.decoder_flops(1, int(mid)), steps * step_reads, steps, dtype)
+    return t
+
+
+def _sweep_batch(g: Geometry, method: str, task: str, gpu: GPU | None, shape: ModelShape | None) -> int:
+    """The largest batch of a sweep's head rows the GPU holds (every head at once without a GPU)."""
+    if method == "attribution patching":
+        return 1
+    if gpu is None:
+        return g.n_heads_total
+    free = gpu.usable_bytes - g.weight_bytes
+    if shape is None:  # a bare geometry: each row holds its KV cache and its activations
+        total = g.prefix + g.suffix[task]
+        per_row = g.kv_bytes(total) + g.act_bytes(total if method == "exact sweep" else g.suffix[task])
+        return max(1, min(g.n_heads_total, int(free // per_row)))
+
+    def fits(b: int) -> bool:
+        passes = sweep_passes(g, method, 1, task, b)
+        return max(row_bytes(shape, p, g.dtype_bytes).total * p.batch for p in passes) <= free
+
+    return max(1, _largest(fits, g.n_heads_total))
+
+
+def method_costs(
+    g: Geometry,
+    gpu: GPU | None,
+    n_pairs: int = MEDIATION_PAIRS,
+    tasks: Sequence[str] = TASKS,
+    shape: ModelShape | None = None,
+) -> list[dict]:
+    """FLOPs, batch and (with a ``gpu``) estimated time of the three methods for ``n_pairs`` pairs x ``tasks``.
+
+    The passes are :func:`sweep_passes`'; the batch is the largest the GPU's memory holds by
+    :func:`row_bytes` (with the model's ``shape``), every head at once without a GPU.
+    """
+    out = []
+    for method in METHODS:
+        flops, forwards, seconds, batch = 0.0, 0, 0.0, 1
+        for task in tasks:
+            passes = sweep_passes(g, method, n_pairs, task, _sweep_batch(g, method, task, gpu, shape))
+            batch = max(p.batch for p in passes)
+            flops += sum(p.groups * p.rows * pass_flops(g, p) for p in passes)
+            forwards += sum(p.calls for p in passes)
+            if gpu is not None:
+                seconds += sum(pass_seconds(g, p, gpu) for p in passes)
+        entry = {
+            "model": g.name,
+            "method": method,
+            "TFLOP": flops / 1e12,
+            "batch": batch,
+            "forwards": forwards,
+        }
+        if gpu is not None:
+            entry["GPU hours"] = seconds / 3600
+        out.append(entry)
+    return out
+
+
+def cost_table(gpu: GPU = H100, n_pairs: int = MEDIATION_PAIRS) -> Any:
+    """Estimated cost of each method for ``n_pairs`` pairs x 2 tasks on the real models, one ``gpu``."""
+    import pandas as pd
+
+    rows = [r for m, g in REAL_GEOMETRIES.items() for r in method_costs(g, gpu, n_pairs, shape=shape_of(m))]
+    return pd.DataFrame(rows).set_index(["model", "method"])
+
+
+def toy_cost_table(toy: Geometry, measured: Mapping[str, float], n_pairs: int, batch: int) -> Any:
+    """The toy's FLOPs per method beside the seconds this run measured (CPU), and the rate they imply."""
+    import pandas as pd
+
+    rows = []
+    for r in method_costs(toy, None, n_pairs):
+        sec = measured.get(r["method"])
+        # as run here: the plain sweep was timed one head per forward, the prefix-reusing one batches a layer
+        r["batch"] = min(batch, toy.heads) if "prefix" in r["method"] else 1
+        r["measured s"] = sec
+        r["GFLOP/s"] = r["TFLOP"] * 1e3 / sec if sec else float("nan")
+        rows.append(r)
+    return pd.DataFrame(rows).set_index(["model", "method"])
+
+
+# --------------------------------------------------------------------------- chapters
+
+
+#: Each chapter's defaults, as its notebook's ``parameters`` cell sets them (a test checks).
+CHAPTER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "01_data_and_baselines": {"n_samples": 200, "batch_size": 16},
+    "02_containerization": {"n_samples": 100, "batch_size": 16, "ig_steps": 16, "n_reference": 64},
+    "03_views": {"n_samples": 105, "batch_size": 16, "n_reference": 64},
+    "04_position_decoding": {"n_train": 96, "n_test": 64, "epochs": 10, "batch_size": 16, "control": True},
+    "05_attention_knockout": {"n_samples": 64, "batch_size": 64, "window": 4, "stride": 1,
+                              "max_new_tokens": 24, "reuse_prefix": True},
+    "06_mediation": {"batch_size": 64, "n_pairs": 50, "n_control_pairs": 10, "compare_positions": True,
+                     "patch_positions": "after_image"},
+    "07_head_ablation": {"n_samples": 120, "batch_size": 16, "ks": [5, 10, 20], "n_draws": 3},
+}  # fmt: skip
+
+#: The fewest objects whose baseline could have kept the paper's control-set pairs
+#: (``paper.CONTROL_SET`` over LLaVA-1.5-7B's Cls): the object count we plan the paper's tables with.
+PAPER_OBJECTS = math.ceil(CONTROL_SET["n_kept"] / (RESULTS[LLAVA_7B]["baseline"]["cls"] / 100))  # type: ignore[operator]
+#: Integrated-Gradients steps of the paper's token ablation.
+PAPER_IG_STEPS = 50
+
+#: What changes at the paper's scale (see the module docstring).
+PAPER_SCALE: dict[str, dict[str, Any]] = {
+    "01_data_and_baselines": {"n_samples": PAPER_OBJECTS},
+    "02_containerization": {"n_samples": PAPER_OBJECTS, "ig_steps": PAPER_IG_STEPS},
+    "03_views": {"n_samples": PAPER_OBJECTS},
+    "04_position_decoding": {"n_train": POSITION_PROBES["n_train"], "n_test": POSITION_PROBES["n_test"],
+                             "epochs": POSITION_PROBES["epochs"]},
+    "05_attention_knockout": {"n_samples": PAPER_OBJECTS},
+    "06_mediation": {"n_pairs": MEDIATION_PAIRS, "n_control_pairs": 0, "compare_positions": False,
+                     "null_check": False, "attribution": False},
+    "07_head_ablation": {"n_samples": PAPER_OBJECTS},
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Tokens:
+    """Token counts of one model on the planned image: before + visual = the image prefix."""
+
+    before: int
+    visual: int
+    prompt: Mapping[str, int]
+    answer: Mapping[str, int]
+
+    @property
+    def image(self) -> int:
+        return self.before + self.visual
+
+    def prompt_len(self, task: str) -> int:
+        return self.image + self.prompt[task]
+
+    def scored_len(self, task: str) -> int:
+        return self.image + self.prompt[task] + self.answer[task]
+
+
+def _generate(
+    label: str, n: int, batch: int, tok: _Tokens, per_task: Mapping[str, int], new: int
+) -> list[Pass]:
+    return [
+        Pass(label, n, batch, tok.prompt_len(t), new_tokens=new, groups=k) for t, k in per_task.items() if k
+    ]
+
+
+def _embedding_pass(label: str, n: int, batch: int, tok: _Tokens) -> Pass:
+    """To the LLM input only (a mean embedding, token norms): vision tower and projector."""
+    return Pass(label, n, batch, tok.image, decoder=False, logits="none")
+
+
+def _ch01(shape: ModelShape, p: Mapping, tok: _Tokens) -> list[Pass]:
+    n, b = p["n_samples"], p["batch_size"]
+    return [
+        *_generate(
+            "baseline generation", n, b, tok, {"classification": 1, "localization": 1}, MAX_NEW_TOKENS
+        ),
+        *_generate("control set: inpainted images", n, b, tok, {"classification": 1}, MAX_NEW_TOKENS),
+    ]
+
+
+def _ch02(shape: ModelShape, p: Mapping, tok: _Tokens) -> list[Pass]:
+    n, b, steps = p["n_samples"], p["batch_size"], p["ig_steps"]
+    ig = [
+        Pass("integrated gradients", n * steps, min(steps, b), tok.scored_len(t), vision=False, logits="all",
+             backward=True)
+        for t in TASKS
+    ]  # fmt: skip
+    return [
+        _embedding_pass("mean visual embedding", p["n_reference"], b, tok),
+        _embedding_pass("token sets (LLM input)", n, b, tok),
+        *ig,
+        *_generate("generation (9 + 11 conditions)", n, b, tok, {"classification": 9, "localization": 11},
+                   MAX_NEW_TOKENS),
+    ]  # fmt: skip
+
+
+def _ch03(shape: ModelShape, p: Mapping, tok: _Tokens) -> list[Pass]:
+    n, b = p["n_samples"], p["batch_size"]
+    return [
+        _embedding_pass("mean visual embedding", p["n_reference"], b, tok),
+        *_generate("generation (6 conditions)", n, b, tok, {t: 6 for t in TASKS}, MAX_NEW_TOKENS),
+    ]
+
+
+def _ch04(shape: ModelShape, p: Mapping, tok: _Tokens) -> list[Pass]:
+    b = p["batch_size"]
+    images = p["epochs"] * p["n_train"] + p["n_test"]
+    reads = [
+        Pass("hidden-state reads", images, b, tok.prompt_len("classification"), logits="none", kept="all")
+    ]
+    if p.get("control", True):
+        reads += [
+            Pass("control: random tower and projector", images, b, tok.image, groups=2, decoder=False,
+                 logits="none", kept="tower"),
+            Pass("control: random LLM", images, b, tok.prompt_len("classification"), logits="none", kept="all"),
+        ]  # fmt: skip
+    return reads
+
+
+def _ch05(shape: ModelShape, p: Mapping, tok: _Tokens) -> list[Pass]:
+    n, b, new = p["n_samples"], p["batch_size"], p.get("max_new_tokens", MAX_NEW_TOKENS)
+    windows = len(range(0, shape.layers - min(p["window"], shape.layers) + 1, p["stride"])) + 1
+    conds = 3 * windows  # object, random, whole image
+    out = _generate("baseline generation", n, b, tok, {t: 1 for t in TASKS}, new)
+    if not p.get("reuse_prefix", True):
+        return out + _generate(
+            f"knockout generation ({conds} conditions)", n, b, tok, {t: conds for t in TASKS}, new
+        )
+    for t in TASKS:
+        out.append(Pass("image prefix, once per batch", n, b, tok.image))
+        out.append(
+            Pass(f"knockout after the prefix ({conds} conditions)", n, b, tok.prompt[t], past=tok.image,
+                 new_tokens=new, groups=conds, vision=False, held=tok.image)
+        )  # fmt: skip
+    return out
+
+
+def _ch06(shape: ModelShape, p: Mapping, tok: _Tokens, g: Geometry) -> list[Pass]:
+    b = p["batch_size"]
+    main = (
+        "exact, prefix reused" if p.get("patch_positions", "after_image") == "after_image" else "exact sweep"
+    )
+    other = "exact sweep" if main == "exact, prefix reused" else "exact, prefix reused"
+    out: list[Pass] = []
+    for t in TASKS:
+        out += sweep_passes(g, main, p["n_pairs"], t, b)
+        if p.get("null_check", True):  # one full forward per head for one pair, then the batched sweep
+            loop = Pass(
+                "null check: one forward per head", g.n_heads_total, 1, g.prefix + g.suffix[t], logits="all"
+            )
+            out += [loop, *sweep_passes(g, main, 1, t, b)]
+        out += sweep_passes(g, main, p["n_control_pairs"], t, b)
+        if p.get("compare_positions", True):
+            out += sweep_passes(g, other, p["n_pairs"], t, b)
+        if p.get("attribution", True):
+            out += sweep_passes(g, "attribution patching", p["n_pairs"], t, 1)
+    return [q for q in out if q.rows]
+
+
+def _ch07(shape: ModelShape, p: Mapping, tok: _Tokens) -> list[Pass]:
+    n, b = p["n_samples"], p["batch_size"]
+    per_task = 1 + len(p["ks"]) * 2 * (1 + p["n_draws"])
+    label = f"generation (baseline + {per_task - 1} ablations)"
+    return _generate(label, n, b, tok, {t: per_task for t in TASKS}, MAX_NEW_TOKENS)
+
+
+_WORKLOADS: dict[str, Callable[..., list[Pass]]] = {
+    "01_data_and_baselines": _ch01,
+    "02_containerization": _ch02,
+    "03_views": _ch03,
+    "04_position_decoding": _ch04,
+    "05_attention_knockout": _ch05,
+    "06_mediation": _ch06,
+    "07_head_ablation": _ch07,
+}
+#: Chapters that run on one family only.
+_FAMILIES = {"03_views": ("internvl",)}
+
+
+def chapter_passes(
+    shape: ModelShape, chapter: str, params: Mapping[str, Any], dtype_bytes: int = 2
+) -> list[Pass]:
+    """The passes of ``chapter`` on ``shape`` with ``params`` (its defaults updated by them)."""
+    if chapter not in _WORKLOADS:
+        raise NoPlan(f"no plan for chapter {chapter!r}; the plan knows {', '.join(_WORKLOADS)}")
+    p = {**CHAPTER_DEFAULTS[chapter], **params}
+    text = TEXT_TOKENS[shape.family]
+    tok = _Tokens(text["before"], shape.visual_tokens(), text["prompt"], text["answer"])
+    if chapter == "06_mediation":
+        return _ch06(shape, p, tok, shape.geometry(dtype_bytes))
+    return _WORKLOADS[chapter](shape, p, tok)
+
+
+# --------------------------------------------------------------------------- plans
+
+
+class PlanError(RuntimeError):
+    """A chapter's plan does not fit the GPU; the message says, in one sentence, what would."""
+
+
+@dataclass(frozen=True)
+class ChapterPlan:
+    """One chapter on one model, GPU and dtype: its peak memory at a batch, the batch that fits, its time."""
+
+    chapter: str
+    batch_size: int
+    weights: float  # bytes (every model copy the chapter holds)
+    peak_pass: str
+    working: _Costs  # bytes of the peak pass at its batch, by kind
+    usable: float  # bytes
+    largest_batch: int  # 0: not even batch 1
+    seconds: float | None
+    paper_seconds: float | None
+    host_peak: float  # bytes
+    host_ram: float | None  # bytes, where the machine's is known
+
+    @property
+    def need(self) -> float:
+        return self.weights + self.working.total
+
+    @property
+    def fits_memory(self) -> bool:
+        return self.need <= self.usable
+
+    @property
+    def fits_host(self) -> bool:
+        return self.host_ram is None or self.host_peak <= self.host_ram
+
+    @property
+    def fits(self) -> bool:
+        return self.fits_memory and self.fits_host
+
+
+def duration(seconds: float | None) -> str:
+    """``42 s``, ``7.5 min``, ``3.2 h`` or ``2.1 days``."""
+    if seconds is None:
+        return "n/a"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _gib(x: float) -> str:
+    return f"{x / GIB:.1f}"
+
+
+@dataclass
+class PlanTable:
+    """The plan of a model on one GPU and dtype, one :class:`ChapterPlan` per chapter."""
+
+    model_id: str
+    gpu: GPU
+    dtype: str
+    attn: str
+    shape: ModelShape
+    plans: list[ChapterPlan] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return all(p.fits for p in self.plans)
+
+    def header(self) -> str:
+        s = self.shape
+        views = s.views()
+        tiles = f", {views - 1} tiles + thumbnail = {s.visual_tokens():,} visual tokens" if views > 1 else ""
+        host = f"; host RAM {self.gpu.host_ram_gb:.1f} GiB" if self.gpu.host_ram_gb else ""
+        return (
+            f"{NAMES.get(self.model_id, self.model_id)} on {self.gpu.name} ({self.gpu.memory_gb:.1f} GiB, "
+            f"{_gib(self.gpu.usable_bytes)} usable{host}), {self.dtype}, {self.attn} attention{tiles}: "
+            f"weights {_gib(s.n_params() * _DTYPE_BYTES[self.dtype])} GiB"
+        )
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for p in self.plans:
+            w = p.working
+            out.append({
+                "chapter": p.chapter, "batch": p.batch_size, "peak pass": p.peak_pass,
+                "KV GiB": _gib(w.kv), "attention GiB": _gib(w.attention), "kept GiB": _gib(w.kept),
+                "other GiB": _gib(w.other),
+                "peak GiB": _gib(p.need), "fits": "yes" if p.fits else ("no (host RAM)" if p.fits_memory else "no"),
+                "largest batch": p.largest_batch or "none",
+                "host peak GiB": _gib(p.host_peak),
+                "time (defaults)": duration(p.seconds), "time (paper's scale)": duration(p.paper_seconds),
+            })  # fmt: skip
+        return out
+
+    def frame(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.rows()).set_index("chapter")
+
+    def text(self) -> str:
+        rows = self.rows()
+        cols = list(rows[0]) if rows else []
+        width = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+        lines = [self.header(), "  ".join(c.ljust(width[c]) for c in cols)]
+        lines += ["  ".join(str(r[c]).ljust(width[c]) for c in cols) for r in rows]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.text()
+
+
+def _peak(shape: ModelShape, passes: Sequence[Pass], d: int, attn: str) -> tuple[str, _Costs]:
+    """The pass with the largest working set at its batch: its label and its bytes by kind."""
+    best = ("", _Costs(0, 0, 0, 0))
+    for p in passes:
+        c = row_bytes(shape, p, d, attn)
+        at_batch = _Costs(c.kv * p.batch, c.attention * p.batch, c.kept * p.batch, c.other * p.batch)
+        if at_batch.total > best[1].total:
+            best = (p.label, at_batch)
+    return best
+
+
+def _host_peak(weights: float, chapter: str, params: Mapping[str, Any], on_gpu: bool) -> float:
+    """Host memory while loading: the runtime and one shard (straight to the GPU) or every weight;
+    chapter 4's control builds its random-init copy on the CPU, a full copy."""
+    peak = HOST_RUNTIME_GIB * GIB + (min(weights, SHARD_GIB * GIB) if on_gpu else weights)
+    if chapter == "04_position_decoding" and params.get("control", True):
+        peak = max(peak, HOST_RUNTIME_GIB * GIB + weights)
+    return peak
+
+
+def plan_chapter(
+    shape: ModelShape,
+    chapter: str,
+    gpu: GPU,
+    dtype: str,
+    batch_size: int | None = None,
+    attn: str = "sdpa",
+    params: Mapping[str, Any] | None = None,
+    timed: bool = True,
+    on_gpu: bool = True,
+) -> ChapterPlan:
+    """One chapter's plan: memory at ``batch_size`` (default: the chapter's), the largest batch
+    that fits, and the time at these parameters and at the paper's scale."""
+    if chapter not in _WORKLOADS:
+        raise NoPlan(f"no plan for chapter {chapter!r}; the plan knows {', '.join(_WORKLOADS)}")
+    d = _DTYPE_BYTES[dtype]
+    params = {k: v for k, v in (params or {}).items() if v is not None}
+    b = int(batch_size or params.get("batch_size") or CHAPTER_DEFAULTS[chapter]["batch_size"])
+    params = {**params, "batch_size": b}
+    copies = 2 if chapter == "04_position_decoding" and params.get("control", True) else 1
+    weights = shape.n_params() * d * copies
+    free = gpu.usable_bytes - weights
+
+    def need(batch: int) -> float:
+        return _peak(shape, chapter_passes(shape, chapter, {**params, "batch_size": batch}, d), d, attn)[
+            1
+        ].total
+
+    label, costs = _peak(shape, chapter_passes(shape, chapter, params, d), d, attn)
+    largest = _largest(lambda x: need(x) <= free)
+    seconds = paper = None
+    if timed:
+        g = shape.geometry(d)
+        share = (shape.vision_params() + shape.projector_params()) / shape.n_params()
+        run = chapter_passes(shape, chapter, params, d)
+        seconds = sum(pass_seconds(g, p, gpu, dtype, share) for p in run)
+        at_paper = chapter_passes(shape, chapter, {**params, **PAPER_SCALE[chapter]}, d)
+        paper = sum(pass_seconds(g, p, gpu, dtype, share) for p in at_paper)
+    host = _host_peak(shape.n_params() * d, chapter, params, on_gpu)
+    ram = gpu.host_ram_gb * GIB if gpu.host_ram_gb else None
+    return ChapterPlan(
+        chapter, b, weights, label, costs, gpu.usable_bytes, largest, seconds, paper, host, ram
+    )
+
+
+def _largest(ok: Callable[[int], bool], cap: int = 1024) -> int:
+    """The largest batch in 1..cap for which ``ok`` holds (memory grows with the batch); 0 if none."""
+    if not ok(1):
+        return 0
+    lo, hi = 1, cap
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
+    return lo
+
+
+def _chapters_for(shape: ModelShape, chapters: Sequence[str] | None) -> list[str]:
+    names = list(chapters or _WORKLOADS)
+    return [c for c in names if shape.family in _FAMILIES.get(c, (shape.family,))]
+
+
+def plan_model(
+    model_id: str,
+    gpu: str | GPU = "t4",
+    dtype: str = "auto",
+    chapters: Sequence[str] | None = None,
+    batch_size: int | None = None,
+    max_tiles: int | None = None,
+    attn: str = "sdpa",
+    params: Mapping[str, Any] | None = None,
+    timed: bool = True,
+) -> PlanTable:
+    """The plan of ``model_id`` on ``gpu`` (a key of :data:`GPUS` or a :class:`GPU`) for ``chapters``."""
+    card = GPUS[gpu] if isinstance(gpu, str) else gpu
+    shape = shape_of(model_id, max_tiles)
+    name = choose_dtype(dtype, "cuda", card.bf16, card.name)
+    table = PlanTable(model_id, card, name, attn, shape)
+    for c in _chapters_for(shape, chapters):
+        table.plans.append(plan_chapter(shape, c, card, name, batch_size, attn, params, timed))
+    return table
+
+
+# --------------------------------------------------------------------------- refusing early
+
+
+def _detected_gpu(device: str) -> GPU:
+    """The GPU ``device`` names, matched to :data:`GPUS` by name (peaks and bandwidth) with its own
+    memory, bfloat16 support and the machine's host RAM; an unknown card is timed as an A100 40GB.
+    ``"cuda"`` with several GPUs visible plans with their memory summed (the model is spread over
+    them); the time stays one card's, as the layers run on one card after another."""
+    import torch
+
+    index = torch.device(device).index or 0
+    props = torch.cuda.get_device_properties(index)
+    name, memory = props.name, props.total_memory / GIB
+    a100 = "a100-80" if memory > 50 else "a100-40"
+    count = torch.cuda.device_count() if device == "cuda" else 1
+    if count > 1:  # load_model spreads the model over every visible GPU: plan with their sum
+        memory = sum(torch.cuda.get_device_properties(i).total_memory for i in range(count)) / GIB
+    bf16 = torch.cuda.get_device_capability(index) >= (8, 0)
+    try:  # this machine's host RAM, which the load must fit too
+        import psutil
+
+        host = psutil.virtual_memory().total / GIB
+    except ImportError:
+        host = None
+    for key, known in (("H100", "h100"), ("A100", a100), ("L4", "l4"), ("T4", "t4")):
+        if key in name:
+            card = GPUS[known]
+            break
+    else:
+        card = GPUS["a100-40"]
+    name = f"{count} x {name}" if count > 1 else name
+    return dataclasses.replace(card, name=name, memory_gb=memory, bf16=bf16, host_ram_gb=host)
+
+
+def _forced_gpu(memory_gb: float | None) -> float | None:
+    if memory_gb is not None:
+        return float(memory_gb)
+    env = os.environ.get(MEMORY_ENV)
+    return float(env) if env else None
+
+
+def _with_batch(text: str, plan: ChapterPlan) -> str | None:
+    """``text``, with the batch that fits when it is below the one asked for; None if none fits."""
+    if not plan.fits_host or plan.largest_batch == 0:
+        return None
+    return (
+        text if plan.largest_batch >= plan.batch_size else f"{text} with -p batch_size {plan.largest_batch}"
+    )
+
+
+def _suggestion(table: PlanTable, plan: ChapterPlan, params: Mapping[str, Any]) -> str:
+    """What would fit, in this order: without chapter 4's control copy, a smaller batch, fewer
+    InternVL tiles, half precision, the smallest bigger GPU of :data:`GPUS`."""
+    shape, gpu, b = table.shape, table.gpu, plan.batch_size
+
+    def again(s: ModelShape = shape, card: GPU = gpu, dtype: str = table.dtype, **extra: Any) -> ChapterPlan:
+        return plan_chapter(s, plan.chapter, card, dtype, b, table.attn, {**params, **extra}, timed=False)
+
+    options: list[str | None] = []
+    if plan.chapter == "04_position_decoding" and params.get("control", True):
+        options.append(
+            _with_batch(
+                "-p control False (the control's random-init copy is a second model)", again(control=False)
+            )
+        )
+    if plan.fits_host and 0 < plan.largest_batch < b:
+        options.append(f"-p batch_size {plan.largest_batch}")
+    for tiles in range(shape.max_tiles - 1 if shape.max_tiles else 0, 0, -1):
+        if again(shape.with_tiles(tiles)).fits_memory:
+            options.append(f"max_tiles={tiles} (fewer InternVL tiles)")
+            break
+    if table.dtype == "float32":
+        half = "bfloat16" if gpu.bf16 else "float16"
+        options.append(_with_batch(f"-p dtype {half}", again(dtype=half)))
+    for card in sorted(GPUS.values(), key=lambda c: c.memory_gb):
+        if card.memory_gb > gpu.memory_gb:
+            name = choose_dtype("auto" if table.dtype != "float32" else "float32", "cuda", card.bf16)
+            article = "a" if card.name.startswith("T") else "an"  # an A100, an H100, an L4
+            found = _with_batch(
+                f"a GPU with more memory, such as {article} {card.name}", again(card=card, dtype=name)
+            )
+            if found:
+                options.append(found)
+                break
+    chosen = [o for o in options if o]
+    if not chosen:
+        return "nothing smaller fits: the weights alone need more than this memory"
+    return "what fits: " + ", or ".join(chosen)
+
+
+def _refusal(table: PlanTable, plan: ChapterPlan, params: Mapping[str, Any]) -> str:
+    """One sentence: what the chapter needs, what the GPU (or host) has, and what would fit."""
+    name = NAMES.get(table.model_id, table.model_id)
+    if not plan.fits_memory:
+        what = (
+            f"{name} in {table.dtype} needs {_gib(plan.need)} GiB for chapter {plan.chapter} at batch "
+            f"{plan.batch_size}: {_gib(plan.weights)} GiB of weights and {_gib(plan.working.total)} GiB for "
+            f"its {plan.peak_pass}, more than the {_gib(plan.usable)} GiB usable on this {table.gpu.name}"
+        )
+    else:
+        what = (
+            f"loading {name} for chapter {plan.chapter} needs about {_gib(plan.host_peak)} GiB of host RAM, "
+            f"more than this machine's {_gib(plan.host_ram or 0)} GiB"
+        )
+    return f"{what}; {_suggestion(table, plan, params)}."
+
+
+def check_fits(
+    model_id: str,
+    chapter: str,
+    device: str = "auto",
+    dtype: str | None = "auto",
+    batch_size: int | None = None,
+    max_tiles: int | None = None,
+    memory_gb: float | None = None,
+    attn_implementation: str | None = None,
+    **params: Any,
+) -> PlanTable | None:
+    """Plan ``chapter`` on the GPU the model will load on, before it loads; refuse what cannot fit.
+
+    On a GPU, or when ``memory_gb`` (or the ``VLMLOC_MEMORY_GB`` environment variable) forces a
+    budget in GiB, prints the plan table and raises :class:`PlanError` with one sentence naming
+    what would fit (a smaller batch, fewer InternVL tiles, another dtype or GPU). On a CPU without
+    a budget it returns the plan quietly (the toys need no plan). ``params`` are the chapter's
+    other parameters (``n_samples``, ``ig_steps``, ``control``, ...), for the time estimate. A
+    model the plan cannot describe (:class:`NoPlan`) is let through: None.
+    """
+    from .adapter import resolve_device
+    from .registry import get_spec
+
+    spec = get_spec(model_id)
+    dev = resolve_device(device)
+    forced = _forced_gpu(memory_gb)
+    if dev.startswith("cuda"):
+        gpu = _detected_gpu(dev)
+    else:
+        gpu = GPU(f"CPU ({dev})", float("inf"), H100.peak_tflops, H100.bandwidth_tbs, bf16=False)
+    if forced is not None:
+        gpu = dataclasses.replace(
+            gpu, name=f"{gpu.name} with a forced {forced:g} GiB budget", memory_gb=forced
+        )
+    on_gpu = dev.startswith("cuda")
+    name = choose_dtype(dtype if dtype is not None else spec.default_dtype, dev, gpu.bf16, gpu.name)
+    try:
+        shape = shape_of(model_id, max_tiles)
+        table = PlanTable(model_id, gpu, name, attn_implementation or "sdpa", shape)
+        plan = plan_chapter(shape, chapter, gpu, name, batch_size, table.attn, params, on_gpu, on_gpu)
+    except NoPlan as e:  # no plan is no reason to refuse
+        if on_gpu or forced is not None:
+            print(f"{e}; its memory is not checked before loading")
+        return None
+    table.plans.append(plan)
+    if not on_gpu and forced is None:
+        return table
+    print(table.text())
+    if not plan.fits:
+        raise PlanError(_refusal(table, plan, params))
+    return table
+
+
+# --------------------------------------------------------------------------- the README's tables
+
+README_BEGIN = "<!-- plan: generated by python -m vlmloc.plan --readme --write -->"
+README_END = "<!-- /plan -->"
+README_MODELS = (LLAVA_7B, LLAVA_13B, INTERNVL_8B)
+README_GPUS = ("t4", "l4", "a100-80", "h100")
+
+
+def readme_tables() -> str:
+    """For the README and the setup page: each real model on T4, L4, A100 80GB and H100, every
+    chapter at its defaults (fits at its batch? the largest batch) and its time at the paper's scale."""
+    lines = [
+        "Each cell: does the chapter fit at its default batch (else the largest batch that fits, or",
+        "none), and the estimated time at the paper's scale. Weights in the dtype `auto` picks",
+        "(bfloat16, or float16 on the T4); InternVL with 12 tiles + thumbnail of a 640x480 image.",
+        "",
+    ]
+    for model_id in README_MODELS:
+        tables = {g: plan_model(model_id, g) for g in README_GPUS}
+        first = tables[README_GPUS[0]]
+        lines.append(f"**{NAMES.get(model_id, model_id)}** (`{model_id}`)")
+        lines.append("")
+        head = " | ".join(
+            f"{GPUS[g].name}, {t.dtype}, weights {_gib(t.shape.n_params() * _DTYPE_BYTES[t.dtype])} GiB"
+            for g, t in tables.items()
+        )
+        lines.append(f"| chapter (default batch) | {head} |")
+        lines.append("|---" * (1 + len(tables)) + "|")
+        for i, c in enumerate(first.plans):
+            cells = []
+            for t in tables.values():
+                p = t.plans[i]
+                fit = (
+                    "fits" if p.fits else (f"batch {p.largest_batch}" if p.largest_batch else "does not fit")
+                )
+                if p.fits_memory and not p.fits_host:
+                    fit = "host RAM too small"
+                cells.append(f"{fit}; {duration(p.paper_seconds)}")
+            lines.append(f"| `{c.chapter}` ({c.batch_size}) | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _block(text: str) -> tuple[int, int]:
+    start = text.find(README_BEGIN)
+    end = text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"no block between {README_BEGIN!r} and {README_END!r}")
+    return start + len(README_BEGIN), end
+
+
+def readme_block(path: str | Path) -> str:
+    """The plan tables as they stand in ``path`` (README.md or book/setup.md)."""
+    text = Path(path).read_text(encoding="utf-8")
+    start, end = _block(text)
+    return text[start:end].strip("\n") + "\n"
+
+
+def write_readme_block(path: str | Path) -> bool:
+    """Replace the plan tables in ``path`` by :func:`readme_tables`; whether the file changed."""
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    start, end = _block(text)
+    new = text[:start] + "\n" + readme_tables() + "\n" + text[end:]  # a blank line ends the last table
+    if new == text:
+        return False
+    p.write_text(new, encoding="utf-8")
+    return True
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vlmloc.plan", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "model_id", nargs="?", help="a model id (python -c 'import vlmloc; print(vlmloc.model_ids())')"
+    )
+    p.add_argument("--gpu", choices=sorted(GPUS), default="t4")
+    p.add_argument("--dtype", default="auto", choices=["auto", *_DTYPE_BYTES])
+    p.add_argument("--chapter", action="append", help="a chapter name (repeat; default: every chapter)")
+    p.add_argument("--batch-size", type=int, help="every chapter at this batch (default: each chapter's)")
+    p.add_argument("--max-tiles", type=int, help="InternVL: at most this many tiles (default 12)")
+    p.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa")
+    p.add_argument("--readme", action="store_true", help="print the README's plan tables")
+    p.add_argument("--write", nargs="*", help="with --readme: update the tables in these files")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    if a.readme:
+        if a.write is None:
+            print(readme_tables(), end="")
+        for path in a.write or ():
+            print(f"{'updated' if write_readme_block(path) else 'unchanged'}: {path}")
+        return 0
+    if not a.model_id:
+        _parser().error("give a model id, or --readme")
+    try:
+        table = plan_model(a.model_id, a.gpu, a.dtype, a.chapter, a.batch_size, a.max_tiles, a.attn)
+    except (DTypeError, PlanError, NoPlan) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table.text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
