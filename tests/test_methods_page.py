@@ -30,6 +30,10 @@ def _labels() -> set[str]:
     return set(re.findall(r"^\(([\w-]+)\)=\s*$", METHODS.read_text(encoding="utf-8"), flags=re.M))
 
 
+def _methods_refs(text: str) -> set[str]:
+    return set(re.findall(r"\{ref\}`(methods-[\w-]+)`", text))
+
+
 def _names_internal(paths: list[Path], root: Path = ROOT) -> list[str]:
     hits = []
     for p in paths:
@@ -62,6 +66,16 @@ def test_the_methods_page_has_a_section_per_chapter_and_is_in_the_toc():
 @pytest.mark.parametrize("chapter", [c for c in CHAPTERS if c.number], ids=lambda c: c.name)
 def test_every_chapter_links_its_section_and_every_link_resolves(chapter):
     text = (ROOT / "notebooks" / f"{chapter.name}.ipynb").read_text(encoding="utf-8")
-    used = set(re.findall(r"\{ref\}`(methods-[\w-]+)`", text))
+    used = _methods_refs(text)
     assert f"methods-ch{chapter.number:02d}" in used, f"{chapter.name} does not link its methods section"
     assert used <= _labels(), f"{chapter.name} links missing sections: {sorted(used - _labels())}"
+
+
+def test_every_methods_link_in_any_notebook_or_page_resolves():
+    pages = [*sorted((ROOT / "notebooks").glob("*.ipynb")), *sorted((ROOT / "book").glob("*.md"))]
+    missing = {
+        str(p.relative_to(ROOT)): sorted(bad)
+        for p in pages
+        if (bad := _methods_refs(p.read_text(encoding="utf-8")) - _labels())
+    }
+    assert not missing, f"links to sections book/methods.md does not have: {missing}"
