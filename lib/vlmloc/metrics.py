@@ -20,6 +20,7 @@ __all__ = [
     "box_area",
     "class_mentioned",
     "iou",
+    "loc_success",
     "localization_summary",
     "normalize_box",
     "rate_summary",
@@ -101,6 +102,20 @@ def _standard_error(values: Sequence[float]) -> float:
     return math.sqrt(var / n)
 
 
+def _iou_or_zero(iou: float | None) -> float:
+    """An IoU, with no parsable box (``None``) or a non-finite value counted as 0: a failure."""
+    return 0.0 if iou is None or not math.isfinite(float(iou)) else float(iou)
+
+
+def loc_success(iou: float | None) -> float:
+    """One sample's Loc as a fraction: the share of :data:`THRESHOLDS` its IoU meets (no box: 0).
+
+    The per-sample score behind ``loc_se`` and behind paired comparisons of two conditions.
+    """
+    v = _iou_or_zero(iou)
+    return _mean([1.0 if v >= t else 0.0 for t in THRESHOLDS])
+
+
 def localization_summary(ious: Sequence[float | None]) -> dict[str, float]:
     """Success rates at each IoU threshold, the paper's Loc and its standard error, in percent.
 
@@ -114,11 +129,11 @@ def localization_summary(ious: Sequence[float | None]) -> dict[str, float]:
             "localization_summary got no IoU values; run the localization task on at least one "
             "sample (check n_samples and that the data set is not empty)."
         )
-    values = [0.0 if v is None or not math.isfinite(float(v)) else float(v) for v in ious]
+    values = [_iou_or_zero(v) for v in ious]
     summary: dict[str, float] = {}
     for t in THRESHOLDS:
         summary[f"iou@{t}"] = 100.0 * _mean([1.0 if v >= t else 0.0 for v in values])
-    per_sample = [_mean([1.0 if v >= t else 0.0 for t in THRESHOLDS]) for v in values]
+    per_sample = [loc_success(v) for v in values]
     summary["loc"] = _mean([summary[f"iou@{t}"] for t in THRESHOLDS])
     summary["loc_se"] = 100.0 * _standard_error(per_sample)
     summary["mean_iou"] = _mean(values)

@@ -15,16 +15,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .metrics import THRESHOLDS
+from .metrics import loc_success
 
 __all__ = ["loc_score", "paired_difference", "per_object"]
 
 
 def loc_score(iou: float | None) -> float:
     """One object's Loc in percent: the share of the IoU thresholds its box meets (no box: 0)."""
-    if iou is None or not math.isfinite(float(iou)):
-        return 0.0
-    return 100.0 * sum(float(iou) >= t for t in THRESHOLDS) / len(THRESHOLDS)
+    return 100.0 * loc_success(iou)
 
 
 def per_object(records: Sequence[Mapping], task: str) -> dict[str, float]:
