@@ -172,10 +172,13 @@ def head_patch_scores(
     read = HeadRead(layers)
     source = vlm.score(source_enc, [answer], task, [read])
     inputs, targets, _ = teacher_forced_inputs(base_enc, [ids], pad)
-    run = _Run(vlm, inputs, targets, scored, prompt_len, patch_from=0 if positions == "all" else None)
-    if positions == "all":
-        # Nothing is shared before the patch, but the LLM input is: the vision tower runs once, not per row.
-        run.embeds = vlm.input_embeddings(inputs)
+    # Patching every position shares nothing before the patch, but the LLM input is shared: the
+    # vision tower then runs once, not once per row.
+    every = positions == "all"
+    run = _Run(
+        vlm, inputs, targets, scored, prompt_len,
+        patch_from=0 if every else None, embeds=vlm.input_embeddings(inputs) if every else None,
+    )  # fmt: skip
     base = vlm.score(base_enc, [answer], task)
     return PatchScores(heads, source, base, run.full(heads, read.values, batch_size, task, progress))
 
@@ -191,13 +194,14 @@ class _Run:
         scored: torch.Tensor,
         prompt_len: int,
         patch_from: int | None = None,
+        embeds: torch.Tensor | None = None,
     ):
         self.vlm, self.inputs, self.targets, self.scored = vlm, inputs, targets, scored
         self.inputs["position_ids"] = vlm.position_ids(inputs)  # the suffix forwards slice them
         self.prompt_len = prompt_len
         self.start = first_after_image(vlm, inputs["input_ids"])
         self.patch_from = self.start if patch_from is None else patch_from
-        self.embeds: torch.Tensor | None = None  # the LLM input, when every row starts from it
+        self.embeds = embeds  # the LLM input, when every row starts from it
         self.total = inputs["input_ids"].shape[1]
 
     def _scores(self, logits: torch.Tensor) -> AnswerScores:
