@@ -325,8 +325,12 @@ def _pair(vlm, seed=0):
 @pytest.mark.parametrize("name", ["toy_llava", "toy_internvl"])
 def test_batched_sweep_equals_one_head_per_forward(request, name):
     vlm = request.getfixturevalue(name)
-    src, base, answer = _pair(vlm)
-    fast = head_patch_scores(vlm, src, base, answer, "localization", batch_size=32)
+    check_sweep_equals_loop(vlm, *_pair(vlm), batch_size=32)
+
+
+def check_sweep_equals_loop(vlm, src, base, answer, batch_size: int) -> None:
+    """The batched prefix + suffix sweep gives the plain loop's scores for every head (any family)."""
+    fast = head_patch_scores(vlm, src, base, answer, "localization", batch_size=batch_size)
     slow = head_patch_scores(vlm, src, base, answer, "localization", batch_size=1, reuse_prefix=False)
     assert len(fast.heads) == vlm.n_layers * vlm.n_heads
     assert _close(fast.patched.token_logprobs, slow.patched.token_logprobs, 1e-5)
