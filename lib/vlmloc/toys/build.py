@@ -30,6 +30,18 @@ TOY_SIZES = {
 }
 
 
+def decoder_sizes(t: dict, vocab: int) -> dict[str, int]:
+    """The decoder's ``text_config`` sizes from a toy size table (``width``, ``mlp``, ``layers``, ``heads``);
+    each family adds its own key-value heads and the rest."""
+    return {
+        "vocab_size": vocab,
+        "hidden_size": t["width"],
+        "intermediate_size": t["mlp"],
+        "num_hidden_layers": t["layers"],
+        "num_attention_heads": t["heads"],
+    }
+
+
 def toy_llava(
     seed: int = 0, vision: dict | None = None, text: dict | None = None
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
@@ -46,11 +58,7 @@ def toy_llava(
     cfg = LlavaConfig(
         text_config=dict(
             model_type="llama",
-            vocab_size=len(tok),
-            hidden_size=t["width"],
-            intermediate_size=t["mlp"],
-            num_hidden_layers=t["layers"],
-            num_attention_heads=t["heads"],
+            **decoder_sizes(t, len(tok)),
             num_key_value_heads=t["kv_heads"],
             max_position_embeddings=512,
             pad_token_id=tok.pad_token_id,
@@ -109,11 +117,7 @@ def toy_internvl(
     cfg = InternVLConfig(
         text_config=dict(
             model_type="qwen3",
-            vocab_size=len(tok),
-            hidden_size=t["width"],
-            intermediate_size=t["mlp"],
-            num_hidden_layers=t["layers"],
-            num_attention_heads=t["heads"],
+            **decoder_sizes(t, len(tok)),
             num_key_value_heads=t["kv_heads"] // 2,
             head_dim=t["head_dim"],
             max_position_embeddings=1024,

@@ -22,6 +22,7 @@ from transformers import (
 from ..families.base import CLASSIFICATION_Q
 from ..families.qwen2_5_vl import QWEN_LOCALIZATION_Q
 from ..synthetic import CLASSES
+from .build import decoder_sizes
 
 __all__ = ["QWEN_CHAT_TEMPLATE", "QWEN_REAL_GEOMETRY", "build_qwen_tokenizer", "toy_qwen2_5_vl"]
 
@@ -116,11 +117,7 @@ def toy_qwen2_5_vl(
     ids = {name: tok.convert_tokens_to_ids(name) for name in QWEN_SPECIAL}
     cfg = Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=len(tok),
-            hidden_size=t["width"],
-            intermediate_size=t["mlp"],
-            num_hidden_layers=t["layers"],
-            num_attention_heads=t["heads"],
+            **decoder_sizes(t, len(tok)),
             num_key_value_heads=t["kv_heads"],
             max_position_embeddings=4096,
             rope_parameters={
