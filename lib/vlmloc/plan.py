@@ -217,20 +217,22 @@ def choose_dtype(requested: str | None, device: str, bf16: bool = True, gpu_name
 
 #: The fields of the real models' ``config.json`` the plan reads (transformers' names), as data:
 #: no checkpoint is downloaded to plan. ``max_patches`` is InternVL's processor setting.
+#: LLaVA-1.5's fields beside its decoder: CLIP ViT-L/14 at 336 px, the same for 7B and 13B.
+_LLAVA_15: dict[str, Any] = {
+    "model_type": "llava", "vision_feature_layer": -2, "image_seq_length": 576, "tie_word_embeddings": False,
+    "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                      "num_attention_heads": 16, "image_size": 336, "patch_size": 14},
+}  # fmt: skip
 REAL_CONFIGS: dict[str, dict[str, Any]] = {
     LLAVA_7B: {
-        "model_type": "llava", "vision_feature_layer": -2, "image_seq_length": 576, "tie_word_embeddings": False,
+        **_LLAVA_15,
         "text_config": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
                         "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32064},
-        "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
-                          "num_attention_heads": 16, "image_size": 336, "patch_size": 14},
     },
     LLAVA_13B: {
-        "model_type": "llava", "vision_feature_layer": -2, "image_seq_length": 576, "tie_word_embeddings": False,
+        **_LLAVA_15,
         "text_config": {"hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
                         "num_attention_heads": 40, "num_key_value_heads": 40, "vocab_size": 32064},
-        "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
-                          "num_attention_heads": 16, "image_size": 336, "patch_size": 14},
     },
     INTERNVL_8B: {
         "model_type": "internvl", "vision_feature_layer": -1, "image_seq_length": 256, "downsample_ratio": 0.5,
