@@ -117,20 +117,27 @@ def run_probes(
     one record of the ``probes`` condition, so a rerun skips finished work: with every site
     recorded it returns the records without running the model (and ``None`` as the bank).
     """
-    config = {
-        **config,
-        **params.config(),
-        "batch_size": batch_size,
-        "n_train": len(train),
-        "n_test": len(test),
-        "records": "per-image",  # records before this key held a shuffled-label control and no per-image counts
-    }
+    # records before "records" held a shuffled-label control and no per-image counts
+    config = _record_config(config, params, train, test, batch_size, records="per-image")
     log = store.condition("probes", config)
     bank = ProbeBank.for_model(vlm, params)
     if not log.pending(bank.sites):
         return {r["sample_id"]: r for r in log.records()}, None
     checkpoint = store.directory / f"probes-{config_key(config)}.pt"
     return _fit_and_record(bank, vlm, train, test, log, checkpoint, batch_size, progress), bank
+
+
+def _record_config(
+    config: Mapping[str, Any],
+    params: ProbeParams,
+    train: Sequence[str],
+    test: Sequence[str],
+    batch_size: int,
+    **extra: Any,
+) -> dict[str, Any]:
+    """What keys a probe bank's records: the run's config, the probe settings, the split, and ``extra``."""
+    return {**config, **params.config(), "batch_size": batch_size, "n_train": len(train), "n_test": len(test),
+            **extra}  # fmt: skip
 
 
 def _fit_and_record(
@@ -245,8 +252,7 @@ def run_control(
     changed (else ``RuntimeError``). Returns the records per site and, per stage run now, the
     work it took (forwards, images forwarded, cache hits) and the copy's check.
     """
-    config = {**config, **params.config(), "batch_size": batch_size, "n_train": len(train),
-              "n_test": len(test), "control": "random-init", "control_seed": seed}  # fmt: skip
+    config = _record_config(config, params, train, test, batch_size, control="random-init", control_seed=seed)
     log = store.condition("random_init", config)
     records = {r["sample_id"]: r for r in log.records()}
     work: dict[str, dict] = {}
