@@ -33,6 +33,69 @@ def fixed_samples():
     return sorted(samples, key=lambda s: -s.area)[:12]
 
 
+def test_qwen_training_logits_equal_the_models_own_forward():
+    """Qwen2.5-VL in stage 2: the tower's tokens put back in token order, the merger as projector,
+    M-RoPE positions for the prefix and text positions after it from its last one: the logits at
+    every answer position equal those of the model's own forward on the processor's inputs."""
+    import torch
+    from vlmloc.toys import train
+    from vlmloc.toys.build import BUILDERS
+
+    family = "qwen2_5_vl"
+    model, processor = BUILDERS[family](seed=4)
+    scenes = train.make_scenes(family, processor, model.config, 6, 5, "scenes")
+    assert len({tuple(s.grid_thw[0].tolist()) for s in scenes}) > 1  # several aspect ratios
+    examples = train.build_examples(family, processor, scenes)
+    batch = [e for e in examples if len(e.prefix) == len(examples[0].prefix)][:3]
+    feats = [train.scene_tokens(family, model, s) for s in scenes]
+    image_id = model.config.image_token_id
+    with torch.no_grad():
+        shared, targets = train.answer_logits(
+            family, model, processor.tokenizer, feats, batch, [s.grid_thw for s in scenes]
+        )
+        full, full_targets = [], []
+        for e in batch:
+            scene = scenes[e.scene]
+            for question, answer in e.questions:
+                ids = torch.tensor([e.prefix + question + answer])
+                out = model(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    pixel_values=scene.pixel_values,
+                    image_grid_thw=scene.grid_thw,
+                    mm_token_type_ids=(ids == image_id).int(),
+                )
+                start = len(e.prefix) + len(question) - 1
+                full.append(out.logits[0, start : start + len(answer)])
+                full_targets += answer
+    assert targets == full_targets
+    assert torch.allclose(shared, torch.cat(full), atol=1e-4), (shared - torch.cat(full)).abs().max()
+
+
+def test_qwen_prompts_expand_as_its_processor_does():
+    from vlmloc.families import FAMILIES
+    from vlmloc.toys import train
+    from vlmloc.toys.build import BUILDERS
+
+    family = "qwen2_5_vl"
+    model, processor = BUILDERS[family](seed=0)
+    fam = FAMILIES[family]
+    for scene in train.make_scenes(family, processor, model.config, 3, 5, "scenes"):
+        prompt = fam.chat_prompt(processor, fam.question("localization", scene.objects[0][0]))
+        want = processor(images=[scene.image], text=[prompt], return_tensors="pt")["input_ids"][0].tolist()
+        n_tokens = sum(v.n_tokens for v in scene.views)
+        assert (
+            processor.tokenizer(train.expand_prompt(family, processor, prompt, n_tokens))["input_ids"] == want
+        )
+
+
+def test_merge_group_order_lists_each_2x2_block_together():
+    from vlmloc.toys.train import merge_group_order
+
+    assert merge_group_order(2, 4, 2).tolist() == [0, 1, 4, 5, 2, 3, 6, 7]
+    assert merge_group_order(3, 3, 1).tolist() == list(range(9))
+
+
 @pytest.mark.parametrize("model_id", TOYS + PRECISE)
 def test_toy_loads_offline_with_model_card(model_id, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -67,7 +130,7 @@ def test_toy_answers_fixed_scenes(model_id, fixed_samples):
     assert sum(i >= 0.5 for i in ious) >= min_boxed, ious
 
 
-@pytest.mark.parametrize("family", ["llava", "internvl"])
+@pytest.mark.parametrize("family", ["llava", "internvl", "qwen2_5_vl"])
 def test_training_script_runs_end_to_end(family, tmp_path):
     from vlmloc.toys.train import main
 

@@ -164,4 +164,11 @@ def _generation_defaults(model, tok) -> None:
     gc.max_new_tokens = 24
 
 
-BUILDERS = {"llava": toy_llava, "internvl": toy_internvl}
+def toy_qwen(seed: int = 0, vision: dict | None = None, text: dict | None = None):
+    """A fresh (random) toy Qwen2.5-VL and its processor (:func:`vlmloc.toys.qwen.toy_qwen2_5_vl`)."""
+    from .qwen import toy_qwen2_5_vl  # it imports this module's decoder_sizes
+
+    return toy_qwen2_5_vl(seed, vision, text)
+
+
+BUILDERS = {"llava": toy_llava, "internvl": toy_internvl, "qwen2_5_vl": toy_qwen}

@@ -24,7 +24,14 @@ from ..families.qwen2_5_vl import QWEN_LOCALIZATION_Q
 from ..synthetic import CLASSES
 from .build import decoder_sizes
 
-__all__ = ["QWEN_CHAT_TEMPLATE", "QWEN_REAL_GEOMETRY", "build_qwen_tokenizer", "toy_qwen2_5_vl"]
+__all__ = [
+    "QWEN_CHAT_TEMPLATE",
+    "QWEN_REAL_GEOMETRY",
+    "QWEN_TOY_GEOMETRY",
+    "QWEN_TOY_TEXT",
+    "build_qwen_tokenizer",
+    "toy_qwen2_5_vl",
+]
 
 #: Qwen2.5-VL's special tokens, with the names its processor and config read.
 QWEN_SPECIAL = [
@@ -63,12 +70,34 @@ QWEN_REAL_GEOMETRY = dict(
     max_pixels=28 * 28 * 16384,
     window=112,
     vision_width=16,
+    vision_mlp=32,
     vision_layers=4,
     fullatt=(1, 3),
     vision_heads=2,
 )
 #: The decoder: grouped-query attention like the 3B (16 heads / 2 KV heads), scaled down.
 QWEN_TINY_TEXT = dict(width=64, layers=2, heads=4, kv_heads=2, mlp=128, mrope=(2, 3, 3))
+
+#: The trained toy (``toy-qwen``): the real pipeline scaled like the other toys. 4 px patches merged
+#: 2 x 2, so one LLM token covers 8 x 8 resized pixels as in toy-llava; ``max_pixels`` of 96 x 96
+#: resizes a 224 x 224 scene to 12 x 12 = 144 tokens and a 288 x 160 one to 16 x 8 (the aspect
+#: ratio is kept); 32 px attention windows (4 x 4 tokens) with full attention in blocks 1 and 3.
+QWEN_TOY_GEOMETRY = dict(
+    patch=4,
+    merge=2,
+    temporal=2,
+    min_pixels=32 * 32,
+    max_pixels=96 * 96,
+    window=32,
+    vision_width=96,
+    vision_mlp=384,
+    vision_layers=4,
+    fullatt=(1, 3),
+    vision_heads=4,
+)
+#: The toy's decoder: the other toys' sizes (8 layers, 8 heads of 16, width 128), grouped-query
+#: attention with 2 KV heads; M-RoPE sections over the 8 rotary pairs of a 16-wide head.
+QWEN_TOY_TEXT = dict(width=128, layers=8, heads=8, kv_heads=2, mlp=256, mrope=(2, 3, 3))
 
 _SPLIT = Regex(r'"bbox_2d"|"label"|\d+\.\d+|\d+|[\[\]{},.?:"`]')
 
@@ -109,10 +138,11 @@ def build_qwen_tokenizer() -> PreTrainedTokenizerFast:
 def toy_qwen2_5_vl(
     seed: int = 0, vision: dict | None = None, text: dict | None = None
 ) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
-    """A fresh (random) Qwen2.5-VL look-alike and its processor, at the real image geometry."""
+    """A fresh (random) Qwen2.5-VL look-alike and its processor: the toy's sizes by default; the
+    tests pass :data:`QWEN_REAL_GEOMETRY` (14 px patches, the real ``min_pixels``/``max_pixels``)."""
     import torch
 
-    s, t = {**QWEN_REAL_GEOMETRY, **(vision or {})}, {**QWEN_TINY_TEXT, **(text or {})}
+    s, t = {**QWEN_TOY_GEOMETRY, **(vision or {})}, {**QWEN_TOY_TEXT, **(text or {})}
     tok = build_qwen_tokenizer()
     ids = {name: tok.convert_tokens_to_ids(name) for name in QWEN_SPECIAL}
     cfg = Qwen2_5_VLConfig(
@@ -132,7 +162,7 @@ def toy_qwen2_5_vl(
         vision_config=dict(
             depth=s["vision_layers"],
             hidden_size=s["vision_width"],
-            intermediate_size=2 * s["vision_width"],
+            intermediate_size=s.get("vision_mlp", 2 * s["vision_width"]),
             num_heads=s["vision_heads"],
             patch_size=s["patch"],
             spatial_merge_size=s["merge"],

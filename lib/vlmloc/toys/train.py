@@ -39,15 +39,17 @@ from ..metrics import class_mentioned, iou, localization_summary, rate_summary
 from ..sites import SiteMap
 from ..synthetic import CLASS_COLOUR, CLASSES, COLOUR_LINKED, EVAL_SEED, TRAIN_SEED, ShapeSpec, generate_scene
 from .build import BUILDERS
+from .qwen import MAX_COORDINATE
 
 
 @dataclass
 class Scene:
     image: object
     objects: list  # (category, mask, box)
-    pixel_values: torch.Tensor  # (views, 3, H, W)
+    pixel_values: torch.Tensor  # (views, 3, H, W); Qwen2.5-VL: flat patches (rows, channels * 2 * patch**2)
     views: list[View]
     class_coloured: list[bool]  # per object: drawn in its class's usual colour
+    grid_thw: torch.Tensor | None = None  # Qwen2.5-VL: (1, 3) patches along time, height and width
 
 
 def scene_objects(visible) -> list[tuple[ShapeSpec, np.ndarray, tuple[float, float, float, float]]]:
@@ -76,14 +78,21 @@ def make_scenes(
         objs = [(spec.category, m, box) for spec, m, box in objs]
         # InternVLProcessor forces crop_to_patches=True; the image processor alone would not tile.
         extra = {"crop_to_patches": True} if family == "internvl" else {}
-        pv = processor.image_processor(images=[img], return_tensors="pt", **extra)["pixel_values"]
-        scenes.append(Scene(img, objs, pv, fam.views(config, processor, img.size), coloured))
+        enc = processor.image_processor(images=[img], return_tensors="pt", **extra)
+        views = fam.views(config, processor, img.size)
+        scenes.append(Scene(img, objs, enc["pixel_values"], views, coloured, enc.get("image_grid_thw")))
     return scenes
 
 
-def patch_targets(scene: Scene, patch_grid: int, sub: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def patch_targets(
+    scene: Scene, patch_grid: int | None, sub: int, merge: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per view and patch: objectness (0/1), class index (-100 where no object) and the share of
     each of the patch's ``sub x sub`` sub-cells the objects cover.
+
+    ``patch_grid`` is the tower's square patch grid per view (LLaVA, InternVL). ``None`` means a
+    view's own token grid with ``merge x merge`` patches per token (Qwen2.5-VL); the patches are
+    then listed in the tower's order, each token's ``merge x merge`` group consecutive.
 
     ``sub = 1`` (weak grounding, the default toys) gives the covered share of the whole patch: a
     token then knows how much of its patch is object, not where inside it the edge runs, and the
@@ -98,17 +107,26 @@ def patch_targets(scene: Scene, patch_grid: int, sub: int) -> tuple[torch.Tensor
     union = _summed_area(np.any([m for _, m, _ in scene.objects], axis=0))
     class_ids = np.array([CLASSES.index(o[0]) for o in scene.objects])
     for v in scene.views:
-        rows, cols = View(v.name, v.kind, patch_grid, patch_grid, 0, v.region).cell_ranges(w, h)
+        n_rows, n_cols = (patch_grid, patch_grid) if patch_grid else (v.rows * merge, v.cols * merge)
+        order = merge_group_order(n_rows, n_cols, merge)
+        rows, cols = View(v.name, v.kind, n_rows, n_cols, 0, v.region).cell_ranges(w, h)
         ra, rb = (np.array(x) for x in zip(*rows, strict=True))
         ca, cb = (np.array(x) for x in zip(*cols, strict=True))
         rb, cb = np.maximum(ra, rb), np.maximum(ca, cb)  # empty ranges (padding) sum to zero
         counts = np.stack([_box_sums(ii, ra, rb, ca, cb) for ii in per_object])
         has = counts.max(0) > 0
         cls = np.where(has, class_ids[counts.argmax(0)], -100)
-        objness.append(torch.tensor(has.ravel(), dtype=torch.float32))
-        classes.append(torch.tensor(cls.ravel(), dtype=torch.long))
-        shares.append(torch.tensor(_sub_cell_shares(union, v.region, patch_grid, sub, w, h)))
+        objness.append(torch.tensor(has.ravel()[order], dtype=torch.float32))
+        classes.append(torch.tensor(cls.ravel()[order], dtype=torch.long))
+        shares.append(torch.tensor(_sub_cell_shares(union, v.region, (n_rows, n_cols), sub, w, h)[order]))
     return torch.stack(objness), torch.stack(classes), torch.stack(shares)
+
+
+def merge_group_order(rows: int, cols: int, merge: int) -> np.ndarray:
+    """Row-major patch indices listed group by group: each ``merge x merge`` block of patches
+    consecutive, the blocks row-major (the order of Qwen2.5-VL's flat ``pixel_values``)."""
+    index = np.arange(rows * cols).reshape(rows // merge, merge, cols // merge, merge)
+    return index.transpose(0, 2, 1, 3).ravel()
 
 
 GROUNDING = ("weak", "precise")
@@ -134,19 +152,23 @@ def _box_sums(table: np.ndarray, r0, r1, c0, c1) -> np.ndarray:
     return table[r1][:, c1] - table[r0][:, c1] - table[r1][:, c0] + table[r0][:, c0]
 
 
-def _sub_cell_shares(table: np.ndarray, region, grid: int, sub: int, w: int, h: int) -> np.ndarray:
-    """``(grid * grid, sub * sub)`` covered share of each sub-cell of ``region``."""
+def _sub_cell_shares(
+    table: np.ndarray, region, grid: tuple[int, int], sub: int, w: int, h: int
+) -> np.ndarray:
+    """``(rows * cols, sub * sub)`` covered share of each sub-cell of ``region`` on a ``grid`` of
+    ``(rows, cols)`` patches."""
     x0, y0, x1, y1 = region
-    n = grid * sub
-    ys = np.clip(np.round(y0 + np.arange(n + 1) * (y1 - y0) / n), 0, h).astype(int)
-    xs = np.clip(np.round(x0 + np.arange(n + 1) * (x1 - x0) / n), 0, w).astype(int)
+    rows, cols = grid
+    ny, nx = rows * sub, cols * sub
+    ys = np.clip(np.round(y0 + np.arange(ny + 1) * (y1 - y0) / ny), 0, h).astype(int)
+    xs = np.clip(np.round(x0 + np.arange(nx + 1) * (x1 - x0) / nx), 0, w).astype(int)
     sums = _box_sums(table, ys[:-1], ys[1:], xs[:-1], xs[1:])
     area = np.diff(ys)[:, None] * np.diff(xs)[None, :]
     frac = np.where(area > 0, sums / np.maximum(area, 1), 0.0)
     return (
-        frac.reshape(grid, sub, grid, sub)
+        frac.reshape(rows, sub, cols, sub)
         .transpose(0, 2, 1, 3)
-        .reshape(grid * grid, sub * sub)
+        .reshape(rows * cols, sub * sub)
         .astype(np.float32)
     )
 
@@ -161,9 +183,22 @@ def _sites(family: str, model) -> SiteMap:
     return SiteMap(FAMILIES[family].sites, model)
 
 
-def tower_tokens(family: str, model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Patch tokens as the model's get_image_features selects them, before any projection."""
+QWEN = "qwen2_5_vl"
+
+
+def tower_tokens(
+    family: str, model, pixel_values: torch.Tensor, grid_thw: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Patch tokens as the model's get_image_features selects them, before any projection.
+
+    LLaVA and InternVL: ``(views, patches, width)``. Qwen2.5-VL (``grid_thw`` of every image):
+    ``(1, patches, width)``, the tower's output before its merger, put back from attention-window
+    order into token order, each token's ``merge x merge`` patches consecutive (what the merger
+    reads), over all images in order.
+    """
     cfg = model.config
+    if family == QWEN:
+        return _qwen_tower_tokens(model, pixel_values, grid_thw)
     out = _sites(family, model).vision_tower(
         pixel_values=pixel_values, output_hidden_states=True, return_dict=True
     )
@@ -174,8 +209,24 @@ def tower_tokens(family: str, model, pixel_values: torch.Tensor) -> torch.Tensor
     return feats[:, 1:]  # "default" strategy drops CLS
 
 
+def _qwen_tower_tokens(model, pixel_values: torch.Tensor, grid_thw: torch.Tensor | None) -> torch.Tensor:
+    if grid_thw is None:
+        raise ValueError("Qwen2.5-VL's tower needs the images' grid_thw")
+    fam = FAMILIES[QWEN]
+    hidden = _sites(QWEN, model).vision_tower(pixel_values, grid_thw=grid_thw).last_hidden_state
+    group = int(model.config.vision_config.spatial_merge_size) ** 2
+    order = fam.window_index(model.config, grid_thw).argsort().to(hidden.device)
+    return hidden.reshape(-1, group, hidden.shape[-1])[order].reshape(1, -1, hidden.shape[-1])
+
+
+def scene_tokens(family: str, model, scene: Scene) -> torch.Tensor:
+    """:func:`tower_tokens` of one scene."""
+    return tower_tokens(family, model, scene.pixel_values, scene.grid_thw)
+
+
 def project(family: str, model, tokens: torch.Tensor) -> torch.Tensor:
-    """Tower tokens -> LLM input embeddings (InternVL: pixel shuffle first)."""
+    """Tower tokens -> LLM input embeddings (InternVL: pixel shuffle first; Qwen2.5-VL: the
+    tower's merger, one token per ``merge x merge`` consecutive patches)."""
     if family == "internvl":
         b, n, c = tokens.shape
         side = int(math.isqrt(n))
@@ -219,6 +270,54 @@ def warmup_cosine(
 # ----------------------------------------------------------------------------------------------
 
 
+@dataclass
+class TowerItems:
+    """Stage 1's training items and their patch targets: one item per view (LLaVA, InternVL:
+    images of one size, stacked) or per scene (Qwen2.5-VL: flat patches of images of many
+    sizes, concatenated along the patches)."""
+
+    pixels: list[torch.Tensor]
+    grids: list[torch.Tensor] | None
+    objness: list[torch.Tensor]  # per item (patches,)
+    classes: list[torch.Tensor]
+    shares: list[torch.Tensor]  # per item (patches, sub * sub)
+
+    @classmethod
+    def of(cls, family: str, model, scenes: list[Scene], sub: int) -> TowerItems:
+        cfg = model.config.vision_config
+        items = cls([], [] if family == QWEN else None, [], [], [])
+        for s in tqdm(scenes, desc="patch targets", mininterval=10):
+            if family == QWEN:
+                o, c, f = patch_targets(s, None, sub, int(cfg.spatial_merge_size))
+                items.pixels.append(s.pixel_values)
+                items.grids.append(s.grid_thw)
+            else:
+                img = cfg.image_size[0] if isinstance(cfg.image_size, list | tuple) else cfg.image_size
+                patch = cfg.patch_size[0] if isinstance(cfg.patch_size, list | tuple) else cfg.patch_size
+                o, c, f = patch_targets(s, img // patch, sub)
+                items.pixels += list(s.pixel_values)
+            items.objness += list(o)
+            items.classes += list(c)
+            items.shares += list(f)
+        return items
+
+    def __len__(self) -> int:
+        return len(self.objness)
+
+    def tokens(self, family: str, model, idx: torch.Tensor) -> torch.Tensor:
+        """The tower's tokens of items ``idx``: ``(items, patches, width)`` or, for images of
+        many sizes, ``(1, all their patches, width)``."""
+        if self.grids is None:
+            return tower_tokens(family, model, torch.stack([self.pixels[i] for i in idx]))
+        pixels = torch.cat([self.pixels[i] for i in idx])
+        return tower_tokens(family, model, pixels, torch.cat([self.grids[i] for i in idx]))
+
+    def targets(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Objectness, class and shares of items ``idx``, shaped like :meth:`tokens`."""
+        join = torch.stack if self.grids is None else (lambda ts: torch.cat(ts)[None])
+        return tuple(join([t[i] for i in idx]) for t in (self.objness, self.classes, self.shares))
+
+
 def train_tower(
     family: str,
     model,
@@ -238,18 +337,9 @@ def train_tower(
     sub-cell, which puts sub-patch edges into the tokens' content (the ``-precise`` toys).
     """
     cfg = model.config.vision_config
-    img = cfg.image_size[0] if isinstance(cfg.image_size, list | tuple) else cfg.image_size
     patch = cfg.patch_size[0] if isinstance(cfg.patch_size, list | tuple) else cfg.patch_size
-    grid = img // patch
     sub = sub_cells(patch, grounding)
-    pix, obj, cls, shr = [], [], [], []
-    for s in tqdm(scenes, desc="patch targets", mininterval=10):
-        o, c, f = patch_targets(s, grid, sub)
-        pix.append(s.pixel_values)
-        obj.append(o)
-        cls.append(c)
-        shr.append(f)
-    pix_t, obj_t, cls_t, shr_t = torch.cat(pix), torch.cat(obj), torch.cat(cls), torch.cat(shr)
+    items = TowerItems.of(family, model, scenes, sub)
     width = cfg.hidden_size
     n_cls = len(CLASSES)
     heads = torch.nn.Linear(width, 1 + n_cls + sub * sub)
@@ -262,14 +352,14 @@ def train_tower(
     log = {}
     bar = tqdm(range(steps), desc=f"stage 1 ({family} tower)", mininterval=10)
     for step in bar:
-        idx = torch.randint(len(pix_t), (batch,), generator=g)
-        feats = tower_tokens(family, model, pix_t[idx])
-        out = heads(feats)
-        l_obj = F.binary_cross_entropy_with_logits(out[..., 0], obj_t[idx])
+        idx = torch.randint(len(items), (batch,), generator=g)
+        out = heads(items.tokens(family, model, idx))
+        obj_i, cls_i, shr_i = items.targets(idx)
+        l_obj = F.binary_cross_entropy_with_logits(out[..., 0], obj_i)
         l_cls = F.cross_entropy(
-            out[..., 1 : 1 + n_cls].reshape(-1, n_cls), cls_t[idx].reshape(-1), ignore_index=-100
+            out[..., 1 : 1 + n_cls].reshape(-1, n_cls), cls_i.reshape(-1), ignore_index=-100
         )
-        l_sub = F.binary_cross_entropy_with_logits(out[..., 1 + n_cls :], shr_t[idx])
+        l_sub = F.binary_cross_entropy_with_logits(out[..., 1 + n_cls :], shr_i)
         loss = l_obj + l_cls + l_sub
         opt.zero_grad()
         loss.backward()
@@ -283,14 +373,15 @@ def train_tower(
             break
     tower.eval()
     with torch.no_grad():
-        n = min(512, len(pix_t))
-        out = heads(tower_tokens(family, model, pix_t[:n]))
+        first = torch.arange(min(512, len(items)))
+        out = torch.cat([heads(items.tokens(family, model, i)).flatten(0, 1) for i in first.split(64)])
+        obj_n, cls_n, shr_n = (t.flatten(0, 1) for t in items.targets(first))
         pred_obj = out[..., 0] > 0
-        log["patch_objectness_acc"] = float((pred_obj == (obj_t[:n] > 0)).float().mean())
-        m = cls_t[:n] >= 0
-        log["patch_class_acc"] = float((out[..., 1 : 1 + n_cls].argmax(-1)[m] == cls_t[:n][m]).float().mean())
-        edge = (shr_t[:n] > 0) & (shr_t[:n] < 1)
-        err = (torch.sigmoid(out[..., 1 + n_cls :]) - shr_t[:n]).abs()
+        log["patch_objectness_acc"] = float((pred_obj == (obj_n > 0)).float().mean())
+        m = cls_n >= 0
+        log["patch_class_acc"] = float((out[..., 1 : 1 + n_cls].argmax(-1)[m] == cls_n[m]).float().mean())
+        edge = (shr_n > 0) & (shr_n < 1)
+        err = (torch.sigmoid(out[..., 1 + n_cls :]) - shr_n).abs()
         log["sub_cell_share_mae"] = float(err.mean())
         log["sub_cell_share_mae_on_edges"] = float(err[edge].mean()) if edge.any() else 0.0
         log["sub_cells_per_patch"] = sub * sub
@@ -313,6 +404,8 @@ def expand_prompt(family: str, processor, prompt: str, n_tokens: int) -> str:
     """The prompt with its image placeholder expanded as the processor does (checked against it)."""
     if family == "llava":
         return prompt.replace("<image>", "<image>" * n_tokens)
+    if family == QWEN:
+        return prompt.replace(processor.image_token, processor.image_token * n_tokens)
     tk = processor.tokenizer
     return prompt.replace(
         tk.context_image_token, tk.start_image_token + tk.context_image_token * n_tokens + tk.end_image_token
@@ -369,24 +462,40 @@ def build_examples(family: str, processor, scenes: list[Scene]) -> list[SceneQue
     return out
 
 
+#: Per family: the words of its coordinates, in order, and the soft labels' width in steps of them
+#: (about 1.5% of the image: LLaVA's 0.00-1.00, InternVL's 0-1000, Qwen2.5-VL's resized pixels of
+#: toy images about 100 px wide).
+COORDINATES = {
+    "llava": ([f"{i / 100:.2f}" for i in range(101)], 1.5),
+    "internvl": ([str(i) for i in range(1001)], 15.0),
+    QWEN: ([str(i) for i in range(MAX_COORDINATE + 1)], 1.5),
+}
+
+
 def coordinate_targets(family: str, tok, sigma: float) -> tuple[torch.Tensor, dict[int, int], torch.Tensor]:
     """Coordinate token ids, their index, and a Gaussian soft-label matrix over them."""
-    values = [i / 100 for i in range(101)] if family == "llava" else list(range(1001))
-    words = [f"{v:.2f}" for v in values] if family == "llava" else [str(v) for v in values]
+    words = COORDINATES[family][0]
     ids = torch.tensor(tok.convert_tokens_to_ids(words))
-    pos = torch.arange(len(values), dtype=torch.float32)
+    pos = torch.arange(len(words), dtype=torch.float32)
     q = torch.exp(-0.5 * ((pos[:, None] - pos[None, :]) / sigma) ** 2)
     q = q / q.sum(1, keepdim=True)
     return ids, {int(t): k for k, t in enumerate(ids)}, q
 
 
 def answer_logits(
-    family: str, model, tok, feats: list[torch.Tensor], batch: list[SceneQuestions]
+    family: str,
+    model,
+    tok,
+    feats: list[torch.Tensor],
+    batch: list[SceneQuestions],
+    grids: list[torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, list[int]]:
     """Logits at every answer position of every question of the batch, and the answer ids.
 
     All scenes of ``batch`` must have prefixes of one length (same number of image tokens). The
     prefix runs once per scene; its KV cache is repeated for each question of the scene.
+    ``grids`` (Qwen2.5-VL: each scene's ``grid_thw``) gives the prefix its M-RoPE positions; the
+    text after it continues from the prefix's last position, as ``get_rope_index`` counts.
     """
     lm = _sites(family, model).language_model
     image_id = FAMILIES[family].image_token_id(model.config)
@@ -398,7 +507,8 @@ def answer_logits(
     img = project(family, model, torch.cat([feats[b.scene].float() for b in batch]))
     mask = (prefix == image_id).unsqueeze(-1)
     emb = emb.masked_scatter(mask, img.reshape(-1, img.shape[-1]).to(emb.dtype))
-    cache = lm(inputs_embeds=emb, use_cache=True).past_key_values
+    prefix_pos = _prefix_positions(family, model, prefix, grids and [grids[b.scene] for b in batch])
+    cache = lm(inputs_embeds=emb, position_ids=prefix_pos, use_cache=True).past_key_values
     owner = [j for j, b in enumerate(batch) for _ in b.questions]
     cache.reorder_cache(torch.tensor(owner))
     seqs = [q + a for b in batch for q, a in b.questions]
@@ -409,7 +519,10 @@ def answer_logits(
     for r, x in enumerate(seqs):
         ids[r, : len(x)] = torch.tensor(x)
         am[r, P : P + len(x)] = 1
-    pos = torch.arange(P, P + S).expand(len(seqs), S)
+    if prefix_pos is None:
+        pos = torch.arange(P, P + S).expand(len(seqs), S)
+    else:  # text after the prefix: one step per token from its last position, on all three axes
+        pos = prefix_pos[:, owner, -1:] + 1 + torch.arange(S)
     hidden = lm(input_ids=ids, attention_mask=am, position_ids=pos, past_key_values=cache).last_hidden_state
     rows, cols, targets = [], [], []
     r = 0
@@ -421,6 +534,21 @@ def answer_logits(
                 targets.append(t)
             r += 1
     return _sites(family, model).lm_head(hidden[rows, cols]).float(), targets
+
+
+def _prefix_positions(
+    family: str, model, prefix: torch.Tensor, grids: list[torch.Tensor] | None
+) -> torch.Tensor | None:
+    """M-RoPE positions ``(3, scenes, prefix)`` of Qwen2.5-VL prefixes (the model's own
+    ``get_rope_index``); None for the other families, whose positions are sequence indices."""
+    if family != QWEN:
+        return None
+    inputs = {
+        "input_ids": prefix,
+        "attention_mask": torch.ones_like(prefix),
+        "image_grid_thw": torch.cat(grids),
+    }
+    return FAMILIES[QWEN].position_ids(model, inputs)
 
 
 def train_decoder(
@@ -440,18 +568,21 @@ def train_decoder(
     tok = processor.tokenizer
     with torch.no_grad():
         feats = [
-            tower_tokens(family, model, s.pixel_values).to(torch.bfloat16)
+            scene_tokens(family, model, s).to(torch.bfloat16)
             for s in tqdm(scenes, desc="cache tower", mininterval=10)
         ]
+    grids = [s.grid_thw for s in scenes]
     examples = build_examples(family, processor, scenes)
     groups: dict[int, list[SceneQuestions]] = {}
     for e in examples:
         groups.setdefault(len(e.prefix), []).append(e)
     sizes = sorted(groups)
     weights = [len(groups[k]) for k in sizes]
-    coord_ids, coord_index, q = coordinate_targets(family, tok, sigma=1.5 if family == "llava" else 15.0)
+    coord_ids, coord_index, q = coordinate_targets(family, tok, sigma=COORDINATES[family][1])
     for p in _sites(family, model).vision_tower.parameters():
         p.requires_grad_(False)
+    for p in _sites(family, model).projector.parameters():  # Qwen2.5-VL's merger is in its tower
+        p.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     sched = warmup_cosine(opt, steps, minutes)
@@ -466,7 +597,7 @@ def train_decoder(
             loc = e.questions[1:]
             keep = [e.questions[0]] + rnd.sample(loc, min(len(loc), max_questions - 1))
             chosen.append(SceneQuestions(e.scene, e.prefix, keep))
-        logits, targets = answer_logits(family, model, tok, feats, chosen)
+        logits, targets = answer_logits(family, model, tok, feats, chosen, grids)
         logp = F.log_softmax(logits, -1)
         targets_t = torch.tensor(targets)
         is_coord = torch.tensor([t in coord_index for t in targets])
