@@ -1,0 +1,60 @@
+"""Compare two results folders chapter by chapter: every summary JSON equal, runtimes aside.
+
+A restructure must not change what a chapter measures. Run the chapters before and after into
+two folders, then::
+
+    python scripts/compare_results.py BEFORE_RESULTS AFTER_RESULTS
+
+It prints each ``<model>/<chapter>.json`` as equal or the paths whose values differ, and exits
+non-zero if any differs or is missing on one side. Wall-clock values (``runtime_s`` and any
+``seconds``) are left out of the comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+#: Keys whose values are wall-clock times: they differ from run to run.
+TIMING_KEYS = {"runtime_s", "seconds"}
+
+
+def differences(a: object, b: object, path: str = "") -> list[str]:
+    """Paths at which ``a`` and ``b`` differ (timing keys skipped)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = [f"{path}/{k}: only on one side" for k in sorted(set(a) ^ set(b), key=str)]
+        for k in sorted(set(a) & set(b), key=str):
+            if k not in TIMING_KEYS:
+                out += differences(a[k], b[k], f"{path}/{k}")
+        return out
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} vs {len(b)} items"]
+        return [
+            d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{path}[{i}]")
+        ]
+    return [] if a == b else [f"{path}: {str(a)[:60]} != {str(b)[:60]}"]
+
+
+def main(before: str, after: str) -> int:
+    files = {p.relative_to(before) for p in Path(before).glob("*/*.json")}
+    files |= {p.relative_to(after) for p in Path(after).glob("*/*.json")}
+    bad = 0
+    for rel in sorted(files):
+        a, b = Path(before) / rel, Path(after) / rel
+        if not (a.exists() and b.exists()):
+            print(f"MISSING {rel} ({'after' if a.exists() else 'before'})")
+            bad += 1
+            continue
+        diff = differences(json.loads(a.read_text()), json.loads(b.read_text()))
+        print(f"{'equal' if not diff else 'DIFFERS'} {rel}")
+        for d in diff[:20]:
+            print("   ", d)
+        bad += bool(diff)
+    print(f"{len(files) - bad} of {len(files)} equal")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:3]))
