@@ -55,6 +55,8 @@ __all__ = [
     "SiteLabels",
     "activation_bytes",
     "image_batches",
+    "in_token_order",
+    "probe_images",
     "site_labels",
     "tower_grid",
 ]
@@ -90,19 +92,34 @@ def read_sites(
     """
     from .scoring import position_ids
 
+    images = probe_images(vlm, images)
     enc = vlm.encode(list(images), [vlm.prompt("classification")] * len(images))
     layouts = vlm.layouts(enc, images)
     read = DeviceHiddenStates(sites, [lay.positions for lay in layouts])
     vlm.forward({**enc, "position_ids": position_ids(enc["attention_mask"])}, [read], logits_at=False)
-    return read.values, layouts
+    return in_token_order(vlm, enc, read.values), layouts
+
+
+def probe_images(vlm: VLM, images: Sequence[Image.Image]) -> list[Image.Image]:
+    """The images as the probes see them: as they are, or for a family whose processor gives each
+    image its own token grid (Qwen2.5-VL) resized to one square, since a probe's row and column
+    heads need one grid."""
+    side = vlm.family.probe_image_side(vlm.processor)
+    return [im.resize((side, side)) for im in images] if side else list(images)
+
+
+def in_token_order(vlm: VLM, enc: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """Site values read at their modules, with tower and projector values as ``[views, tokens,
+    width]`` row-major per view (:meth:`vlmloc.families.Family.in_token_order`)."""
+    return {
+        name: vlm.family.in_token_order(vlm.config, enc, name.partition(".")[0], v)
+        for name, v in values.items()
+    }
 
 
 def tower_grid(vlm: VLM) -> int:
     """Side of the vision tower's patch grid (tokens per side of one view, before any merging)."""
-    vc = vlm.config.vision_config
-    size = vc.image_size[0] if isinstance(vc.image_size, list | tuple) else vc.image_size
-    patch = vc.patch_size[0] if isinstance(vc.patch_size, list | tuple) else vc.patch_size
-    return int(size) // int(patch)
+    return vlm.family.tower_side(vlm.config, vlm.processor)
 
 
 # --------------------------------------------------------------------------- labels

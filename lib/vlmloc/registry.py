@@ -93,6 +93,8 @@ for _spec in (
     # toy-internvl names no contrast to keep CI's time in check: pass
     # contrast_model_id="toy-internvl-precise" to chapter 2 to run it
     ModelSpec("toy-internvl", "internvl", str(TOY_DIR / "toy-internvl"), "float32", 0.01, toy=True),
+    # Qwen2.5-VL's real pipeline (dynamic resolution, window-attention tower, M-RoPE) at toy sizes
+    ModelSpec("toy-qwen", "qwen2_5_vl", str(TOY_DIR / "toy-qwen"), "float32", 0.01, toy=True),
     # the contrast: towers trained on ~2 px sub-cell coverage, tokens that know sub-patch edges
     ModelSpec("toy-llava-precise", "llava", str(TOY_DIR / "toy-llava-precise"), "float32", 0.01, toy=True),
     ModelSpec(

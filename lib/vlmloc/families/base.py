@@ -87,6 +87,26 @@ class Family(ABC):
         :mod:`vlmloc.processor_check` cuts those into the views' cells itself."""
         return None
 
+    # --- the tower's own grid (chapter 4's probes) ----------------------------------------------
+    def probe_image_side(self, processor: Any) -> int | None:
+        """Side in pixels that chapter 4 resizes every image to, for a family whose processor
+        gives each image a token grid of its own (dynamic resolution): a probe's row and column
+        heads need one grid. ``None`` (the default): every view already has the same grid."""
+        return None
+
+    def tower_side(self, config: Any, processor: Any) -> int:
+        """Side of the tower's patch grid over one view (before any merging of patches)."""
+        vc = config.vision_config
+        size = vc.image_size[0] if isinstance(vc.image_size, list | tuple) else vc.image_size
+        patch = vc.patch_size[0] if isinstance(vc.patch_size, list | tuple) else vc.patch_size
+        return int(size) // int(patch)
+
+    def in_token_order(self, config: Any, enc: Any, stage: str, value: Any) -> Any:
+        """Tower (``stage="tower"``) or projector values read at their modules, as
+        ``[views, tokens, width]`` with each view's patches (tower) or tokens row-major. The
+        default returns ``value`` as read: LLaVA's and InternVL's modules already work that way."""
+        return value
+
     # --- positions -----------------------------------------------------------------------------
     def position_ids(self, model: Any, inputs: Any) -> Any:
         """Position ids of a full (uncached) forward of ``inputs`` (``input_ids``, ``attention_mask``

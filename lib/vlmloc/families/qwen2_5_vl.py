@@ -146,6 +146,42 @@ class Qwen25VLFamily(Family):
         )
         return index
 
+    # --- the tower's own grid (chapter 4's probes) ----------------------------------------------
+    #: Chapter 4's square: 448 px, 16 x 16 tokens (InternVL's tile), or the largest square
+    #: ``max_pixels`` allows (the toy: 96 px, 12 x 12 tokens).
+    PROBE_SIDE = 448
+
+    def probe_image_side(self, processor: Any) -> int | None:
+        """Every image resized to one square (each image would otherwise get a grid of its own)."""
+        patch, merge = self._patch_merge(processor)
+        cell = patch * merge
+        largest = int(float(processor.image_processor.size["longest_edge"]) ** 0.5) // cell * cell
+        return min(self.PROBE_SIDE // cell * cell, largest)
+
+    def tower_side(self, config: Any, processor: Any) -> int:
+        side = self.probe_image_side(processor)
+        return side // int(config.vision_config.patch_size)
+
+    def in_token_order(self, config: Any, enc: Any, stage: str, value: Any) -> Any:
+        """Tower blocks' and the merger's outputs are flat (``[patches or tokens, width]``, all
+        images) and in attention-window order: put them back per image, row-major (the tower
+        over its patch grid, each token's ``merge x merge`` patches in place)."""
+        if stage not in ("tower", "projector"):
+            return value
+        grid = enc["image_grid_thw"]
+        if len({tuple(g) for g in grid.tolist()}) != 1:
+            raise ValueError(
+                "images of one batch have different grids; resize them to probe_image_side first"
+            )
+        merge = int(config.vision_config.spatial_merge_size)
+        order = self.window_index(config, grid).argsort().to(value.device)
+        n, (_, gh, gw), width = len(grid), grid[0].tolist(), value.shape[-1]
+        if stage == "projector":
+            return value[order].reshape(n, -1, width)
+        groups = value.reshape(-1, merge * merge, width)[order]
+        x = groups.reshape(n, gh // merge, gw // merge, merge, merge, width).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(n, gh * gw, width)
+
     # --- positions -----------------------------------------------------------------------------
     def position_ids(self, model: Any, inputs: Any) -> torch.Tensor:
         """M-RoPE positions ``[3, B, S]`` from the model's own ``get_rope_index``.
