@@ -346,18 +346,20 @@ def test_suffix_rows_share_the_prefix_cache_without_writing_it(toy_llava):
     on the repeated cache must leave the prefix as it was, and give what a copied cache gives."""
     import copy
 
-    from vlmloc.sweeps import _suffix_inputs, first_after_image
+    from vlmloc.prefix_cache import suffix_inputs
+    from vlmloc.sweeps import first_after_image
 
     _, base, _ = _pair(toy_llava)
     start = first_after_image(toy_llava, base["input_ids"])
-    cache = toy_llava.prefix(base, start).cache
+    prefix = toy_llava.prefix(base, start)
+    cache = prefix.cache
     before = [layer.keys.clone() for layer in cache.layers]
-    shared = toy_llava.forward(_suffix_inputs(base, start, 3, cache))
+    shared = toy_llava.forward(suffix_inputs(base, prefix, 3))
     assert all(torch.equal(a, layer.keys) for a, layer in zip(before, cache.layers, strict=True))
     assert cache.get_seq_length() == start
     copied = copy.deepcopy(cache)
     copied.batch_repeat_interleave(3)
-    inputs = {**_suffix_inputs(base, start, 3, cache), "past_key_values": copied}
+    inputs = {**suffix_inputs(base, prefix, 3), "past_key_values": copied}
     assert _close(shared, toy_llava.forward(inputs), 1e-6)
 
 
