@@ -266,13 +266,15 @@ class VLM:
         Returns the logits at positions ``logits_at`` (an index or slice of the sequence axis;
         all when ``None``), or nothing when ``logits_at is False`` (reads only). ``step``
         places the forward in a longer sequence (a suffix after a cached prefix); by default
-        it is one prefill over the whole input.
+        it is one prefill over the whole input. Autograd records the forward only when an
+        intervention reads gradients (``needs_grad``, e.g. :class:`~vlmloc.interventions.HeadGradient`).
         """
         q_len = int((inputs["input_ids"] if "input_ids" in inputs else inputs["inputs_embeds"]).shape[1])
         step = step or StepInfo(0, q_len, q_len)
         if "past_key_values" not in inputs and "inputs_embeds" not in inputs:  # full: the family's positions
             inputs = {**inputs, "position_ids": self.position_ids(inputs)}
-        with torch.no_grad(), self.model.trace(**dict(inputs)) as tracer:
+        grad = any(iv.needs_grad for iv in interventions)
+        with torch.set_grad_enabled(grad), self.model.trace(**dict(inputs)) as tracer:
             run_hooks(self, list(interventions), step)
             if logits_at is False:
                 tracer.stop()

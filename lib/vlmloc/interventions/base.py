@@ -16,7 +16,10 @@ Why the executor owns the dangerous parts:
   edits the shared one.
 - *Heads.* A head's output is the slice ``[h * d, (h + 1) * d)`` of ``o_proj``'s input with
   ``d = o_proj.in_features // heads`` (not ``hidden_size // heads``: Qwen3 differs). Head hooks
-  get that input viewed as ``[batch, query, heads, d]`` and edit it in place.
+  get that input viewed as ``[batch, query, heads, d]`` and edit it in place (or hand back a
+  tensor that replaces it).
+- *Gradients.* An intervention with ``needs_grad`` (:class:`~vlmloc.interventions.HeadGradient`)
+  makes the door run its forward with autograd on; every other forward runs without.
 - *Steps.* :class:`StepInfo` tells a hook which absolute positions its queries and keys have,
   at the prefill and at every decoding step with a KV cache.
 - *Accounting.* Each time a hook is handed its value, the executor counts it on the intervention
@@ -97,6 +100,8 @@ class Intervention:
 
     #: False: applies to the prefill (or the single forward) only; True: every generation step.
     every_step: bool = False
+    #: True: the forward it takes part in records gradients (a kind that reads them).
+    needs_grad: bool = False
 
     def hooks(self, vlm: Any) -> list[Hook]:
         raise NotImplementedError
@@ -172,6 +177,21 @@ def _run_value(site: tuple, module_value: Any, hooks: list[Hook], step: StepInfo
     return value
 
 
+def _run_heads(o_proj: Any, hooks: list[Hook], step: StepInfo, n_heads: int, head_dim: int) -> None:
+    """Head hooks get ``o_proj``'s input viewed as ``[batch, query, heads, d]`` and edit it in
+    place; one that returns a tensor of that shape makes it ``o_proj``'s input (a gradient read
+    hands back the view it keeps, so the rest of the forward is computed from that very tensor)."""
+    z = o_proj.input
+    view = z.view(*z.shape[:-1], n_heads, head_dim)
+    replaced = False
+    for h in hooks:
+        out = h.fn(view, step)
+        if out is not None:
+            view, replaced = out, True
+    if replaced:
+        o_proj.input = view.reshape(z.shape)
+
+
 def _counted(iv: Intervention, hook: Hook) -> Hook:
     """``hook`` with a function that first counts the call on ``iv`` (at call time, so a site the
     forward never reaches, e.g. a generation step after the last, is not counted)."""
@@ -205,10 +225,7 @@ def run_hooks(vlm: Any, interventions: Sequence[Intervention], step: StepInfo) -
         elif kind == "mask":
             _run_mask(vlm, sm, site[1], group, step)
         elif kind == "heads":
-            z = sm.o_proj(site[1]).input
-            view = z.view(*z.shape[:-1], n_heads, head_dim)
-            for h in group:
-                h.fn(view, step)
+            _run_heads(sm.o_proj(site[1]), group, step, n_heads, head_dim)
         elif kind == "tower":
             _run_value(site, sm.vision_layer(site[1]).output, group, step)
         elif kind == "projector":

@@ -5,6 +5,8 @@ book's methods page, book/methods.md, chapter 6). The executor hands head hooks 
 as ``[batch, query, heads, head_dim]``; these kinds edit it in place at absolute positions.
 
 - :class:`HeadRead` saves the heads' outputs of chosen layers (the source run of a patch).
+- :class:`HeadGradient` keeps them live in the forward, so the gradient of anything computed
+  from its logits can be taken with respect to them (attribution patching).
 - :class:`HeadPatch` writes a source run's values into chosen heads, row by row: the usual
   patch (row ``b`` from source row ``b``) and the batched sweep (row ``r`` patches one head
   ``(l, h)`` from source row 0) are the same kind.
@@ -25,7 +27,7 @@ import torch
 
 from .base import Hook, Intervention, StepInfo
 
-__all__ = ["HeadAblation", "HeadPatch", "HeadRead", "all_heads"]
+__all__ = ["HeadAblation", "HeadGradient", "HeadPatch", "HeadRead", "all_heads"]
 
 Head = tuple[int, int]
 
@@ -59,6 +61,40 @@ class HeadRead(Intervention):
 
     def _read(self, layer: int, z: torch.Tensor, step: StepInfo) -> None:
         self.values[layer] = z.reshape(*z.shape[:2], -1).detach().to("cpu", copy=True)
+
+
+class HeadGradient(Intervention):
+    """Holds ``o_proj``'s input of ``layers`` in the forward's graph, for :meth:`gradients`.
+
+    A read that keeps autograd's record: its hook hands the heads' view back to the executor,
+    which makes it ``o_proj``'s input, so everything after it is computed from the held tensor
+    and a gradient reaches it through every later layer. The values are unchanged (a null edit
+    by construction); the door turns autograd on for the forward it takes part in.
+    """
+
+    needs_grad = True
+
+    def __init__(self, layers: Iterable[int]) -> None:
+        self.layers = sorted({int(x) for x in layers})
+        self.held: dict[int, torch.Tensor] = {}  # [batch, seq, heads, head_dim], in the graph
+
+    def hooks(self, vlm: Any) -> list[Hook]:
+        return [Hook(("heads", layer), partial(self._hold, layer), rank=1) for layer in self.layers]
+
+    def _hold(self, layer: int, z: torch.Tensor, step: StepInfo) -> torch.Tensor:
+        self.held[layer] = z
+        return z
+
+    @property
+    def values(self) -> dict[int, torch.Tensor]:
+        """The held outputs as ``[batch, seq, heads * head_dim]``, out of the graph (as :class:`HeadRead` has them)."""
+        return {la: z.detach().reshape(*z.shape[:2], -1) for la, z in self.held.items()}
+
+    def gradients(self, f: torch.Tensor) -> dict[int, torch.Tensor]:
+        """``df/dz`` per layer as ``[batch, seq, heads * head_dim]``: the total derivative of the
+        scalar ``f`` (made from this forward's logits) with respect to each held output."""
+        grads = torch.autograd.grad(f, [self.held[la] for la in self.layers])
+        return {la: g.reshape(*g.shape[:2], -1) for la, g in zip(self.layers, grads, strict=True)}
 
 
 class HeadPatch(Intervention):
