@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..sites import Site
 from .base import Hook, Intervention, StepInfo
 
 __all__ = ["HeadAblation", "HeadGradient", "HeadPatch", "HeadRead", "all_heads"]
@@ -57,7 +58,7 @@ class HeadRead(Intervention):
         self.values: dict[int, torch.Tensor] = {}
 
     def hooks(self, vlm: Any) -> list[Hook]:
-        return [Hook(("heads", layer), partial(self._read, layer), rank=1) for layer in self.layers]
+        return [Hook(Site("heads", layer), partial(self._read, layer), rank=1) for layer in self.layers]
 
     def _read(self, layer: int, z: torch.Tensor, step: StepInfo) -> None:
         self.values[layer] = z.reshape(*z.shape[:2], -1).detach().to("cpu", copy=True)
@@ -79,7 +80,7 @@ class HeadGradient(Intervention):
         self.held: dict[int, torch.Tensor] = {}  # [batch, seq, heads, head_dim], in the graph
 
     def hooks(self, vlm: Any) -> list[Hook]:
-        return [Hook(("heads", layer), partial(self._hold, layer), rank=1) for layer in self.layers]
+        return [Hook(Site("heads", layer), partial(self._hold, layer), rank=1) for layer in self.layers]
 
     def _hold(self, layer: int, z: torch.Tensor, step: StepInfo) -> torch.Tensor:
         self.held[layer] = z
@@ -122,7 +123,7 @@ class HeadPatch(Intervention):
     def hooks(self, vlm: Any) -> list[Hook]:
         _check_heads(vlm, (x for row in self.patches for x in row))
         layers = sorted({la for row in self.patches for la, _ in row})
-        return [Hook(("heads", la), partial(self._patch, la)) for la in layers]
+        return [Hook(Site("heads", la), partial(self._patch, la)) for la in layers]
 
     def _patch(self, layer: int, z: torch.Tensor, step: StepInfo) -> None:
         src = self.source[layer]
@@ -168,7 +169,7 @@ class HeadAblation(Intervention):
     def hooks(self, vlm: Any) -> list[Hook]:
         _check_heads(vlm, self.heads)
         layers = sorted({la for la, _ in self.heads})
-        return [Hook(("heads", la), partial(self._ablate, la)) for la in layers]
+        return [Hook(Site("heads", la), partial(self._ablate, la)) for la in layers]
 
     def fill(self, layer: int, heads: list[int], current: torch.Tensor) -> torch.Tensor | float:
         """What heads ``heads`` of ``layer`` are set to, given their ``current`` values ``[pos, heads, d]``."""
