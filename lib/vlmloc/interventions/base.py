@@ -1,12 +1,13 @@
 """Interventions as kinds, and the one executor that applies them inside an nnsight trace.
 
 An :class:`Intervention` says *what* to change as a list of :class:`Hook`\\ s, each bound to a
-:class:`~vlmloc.sites.Site` (the LLM input, one layer's attention mask, one layer's head outputs, a hidden state to
-read) and says *when*: at the prefill only (``every_step = False``) or at every generation step.
-:func:`run_hooks` is the only code that touches the model: it groups the hooks by site, visits
-the sites in the order the forward pass reaches them (nnsight refuses out-of-order access) and
-hands each hook the value at its site. Because of that, kinds compose: a token edit, a knockout
-in layers 4-7 and a head patch in layer 5 run in one forward without knowing of each other.
+:class:`~vlmloc.sites.Site` (the LLM input, one layer's attention mask, one layer's head
+outputs, a hidden state to read) and says *when*: at the prefill only (``every_step = False``)
+or at every generation step. :func:`run_hooks` is the only code that touches the model: it
+groups the hooks by site, visits the sites in the order the forward pass reaches them (nnsight
+refuses out-of-order access) and hands each hook the value at its site. Because of that, kinds
+compose: a token edit, a knockout in layers 4-7 and a head patch in layer 5 run in one forward
+without knowing of each other.
 
 Why the executor owns the dangerous parts:
 
