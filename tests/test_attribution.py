@@ -1,4 +1,6 @@
-"""Integrated Gradients over the visual tokens: shape, completeness, and agreement with the nnsight path.
+"""Gradient attributions: Integrated Gradients over the visual tokens (shape, completeness, agreement
+with the nnsight path) and attribution patching of the heads (against a finite difference, the
+exact sweep, and the raw-hook computation it replaced).
 
 Completeness (Sundararajan et al., 2017) is IG's classical sanity check: the attributions sum to
 f(x) - f(x') up to the error of the Riemann sum, which shrinks with the number of steps.
@@ -10,7 +12,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from vlmloc.attribution import answer_log_prob, integrated_gradients, teacher_forced_answer, top_k
+from test_mediation import _pairs
+from vlmloc.attribution import (
+    answer_log_prob,
+    attribution_patching,
+    finite_difference,
+    integrated_gradients,
+    teacher_forced_answer,
+    top_k,
+)
+from vlmloc.stats import spearman
+from vlmloc.sweeps import head_patch_scores
 
 
 def _image(vlm) -> Image.Image:
@@ -94,3 +106,119 @@ def test_top_k_is_sorted_deterministic_and_clipped():
     assert top_k(scores, 3).tolist() == [1, 2, 3]
     assert top_k(scores, 0).tolist() == []
     assert top_k(scores, 99).tolist() == [0, 1, 2, 3, 4]
+
+
+# --------------------------------------------------------------------------- attribution patching
+
+
+def _reference_attribution(
+    vlm, source_enc, base_enc, answer: str, task: str
+) -> tuple[float, float, torch.Tensor]:
+    """Attribution patching as it was computed before it went through the door: raw forward
+    pre-hooks on every ``o_proj`` capture its input in a plain autograd forward of the suffix.
+    Kept here as the independent reference the intervention path must reproduce exactly."""
+    from functools import partial
+
+    from vlmloc.interventions import HeadRead
+    from vlmloc.prefix_cache import suffix_inputs
+    from vlmloc.scoring import answer_scores, scored_answer, teacher_forced_inputs
+    from vlmloc.sites import SiteMap
+    from vlmloc.sweeps import first_after_image
+
+    layers = list(range(vlm.n_layers))
+    read = HeadRead(layers)
+    p_src = float(vlm.score(source_enc, [answer], task, [read]).perplexity[0])
+    ids, mask = scored_answer(vlm.tokenizer, task, answer)
+    inputs, targets, _ = teacher_forced_inputs(base_enc, [ids], vlm.tokenizer.pad_token_id)
+    start = first_after_image(vlm, inputs["input_ids"])
+    inputs["position_ids"] = vlm.position_ids(inputs)
+    suffix = suffix_inputs(inputs, vlm.prefix(inputs, start), 1)
+    captured = {}
+
+    def grab(layer, _module, args):
+        captured[layer] = args[0]
+
+    sm = SiteMap(vlm.family.sites, vlm.hf)
+    handles = [sm.o_proj(la).register_forward_pre_hook(partial(grab, la)) for la in layers]
+    try:
+        with torch.enable_grad():
+            logits = vlm.hf(**suffix, use_cache=True).logits
+            s = base_enc["input_ids"].shape[1] - 1 - start
+            scores = answer_scores(logits[:, s : s + targets.shape[1]], targets, torch.as_tensor([mask]))
+            f = scores.mean_logprob[0]
+            grads = torch.autograd.grad(f, [captured[la] for la in layers])
+    finally:
+        for h in handles:
+            h.remove()
+    out = []
+    for la, g in zip(layers, grads, strict=True):
+        z_base = captured[la].detach()
+        z_src = read.values[la][:, start:].to(z_base.device, z_base.dtype)
+        prod = (g.float() * (z_src - z_base).float()).reshape(*g.shape[:2], vlm.n_heads, vlm.head_dim)
+        out.append(prod.sum((0, 1, 3)))
+    return p_src, float(torch.exp(-f.detach())), torch.cat(out).cpu()
+
+
+@pytest.mark.parametrize("name", ["toy_llava", "tiny_internvl"])
+def test_attribution_patching_through_the_door_equals_the_raw_hook_reference(
+    request, name, tmp_path, synthetic_coco
+):
+    vlm = request.getfixturevalue(name)
+    src, base, answer = _pairs(tmp_path, synthetic_coco, 1)[0].encode(vlm, "localization")
+    att = attribution_patching(vlm, src, base, answer, "localization")
+    p_src, p_base, dlogp = _reference_attribution(vlm, src, base, answer, "localization")
+    assert att.dlogp.abs().max() > 1e-3, "some head must matter"
+    assert torch.equal(att.dlogp, dlogp)
+    assert (att.p_src, att.p_base) == (p_src, p_base)
+
+
+def test_head_gradient_is_a_null_edit_that_runs_in_every_layer(toy_llava):
+    """Holding the heads for a gradient goes through the head hooks of every layer and leaves the
+    logits as they were; the gradient it returns is that of the output it was asked about."""
+    from vlmloc.interventions import HeadGradient
+
+    im, prompt, answer, enc, lay, emb = _case(toy_llava)
+    held = HeadGradient(range(toy_llava.n_layers))
+    logits = toy_llava.forward(enc, [held])
+    assert held.n_calls == toy_llava.n_layers
+    assert logits.requires_grad
+    assert torch.equal(logits.detach(), toy_llava.forward(enc))
+    grads = held.gradients(logits[0, -1].logsumexp(-1))
+    assert set(grads) == set(range(toy_llava.n_layers))
+    assert grads[0].shape == held.values[0].shape and grads[0].abs().max() > 0
+
+
+@pytest.mark.parametrize("name", ["toy_llava", "toy_internvl", "tiny_internvl"])
+def test_attribution_matches_a_finite_difference(request, name, tmp_path, synthetic_coco):
+    vlm = request.getfixturevalue(name)
+    pair = _pairs(tmp_path, synthetic_coco, 1)[0]
+    src, base, answer = pair.encode(vlm, "localization")
+    att = attribution_patching(vlm, src, base, answer, "localization")
+    assert att.dlogp.shape == (vlm.n_layers * vlm.n_heads,)
+    assert att.p_src == pytest.approx(float(vlm.score(src, [answer], "localization").perplexity[0]), rel=1e-5)
+    assert att.p_base == pytest.approx(
+        float(vlm.score(base, [answer], "localization").perplexity[0]), rel=1e-4
+    )
+    heads = [(0, 0), (vlm.n_layers - 1, vlm.n_heads - 1), (vlm.n_layers // 2, 1)]
+    for head in heads:
+        fd = finite_difference(vlm, src, base, answer, "localization", head, eps=1e-2)
+        est = float(att.dlogp[head[0] * vlm.n_heads + head[1]])
+        assert est == pytest.approx(fd, rel=0.05, abs=2e-4), head
+    assert att.dlogp.abs().max() > 1e-3, "some head must matter"
+
+
+def test_attribution_of_a_source_equal_to_the_base_is_zero(toy_internvl, tmp_path, synthetic_coco):
+    pair = _pairs(tmp_path, synthetic_coco, 1)[0]
+    _, base, answer = pair.encode(toy_internvl, "classification")
+    att = attribution_patching(toy_internvl, base, base, answer, "classification")
+    assert att.dlogp.abs().max() < 1e-5
+    assert att.p_src == pytest.approx(att.p_base, rel=1e-5)
+
+
+def test_attribution_ranks_heads_like_the_exact_sweep(toy_llava, tmp_path, synthetic_coco):
+    pair = _pairs(tmp_path, synthetic_coco, 1)[0]
+    src, base, answer = pair.encode(toy_llava, "localization")
+    att = attribution_patching(toy_llava, src, base, answer, "localization")
+    ex = head_patch_scores(toy_llava, src, base, answer, "localization")
+    exact = (ex.patched.mean_logprob - ex.base.mean_logprob).numpy()
+    assert spearman(att.dlogp.numpy(), exact) > 0.5

@@ -21,9 +21,8 @@ from vlmloc.interventions import (
     all_heads,
     layer_windows,
 )
-from vlmloc.interventions.base import site_order
 from vlmloc.scoring import scored_answer, teacher_forced_inputs
-from vlmloc.sites import hidden_sites
+from vlmloc.sites import Site, hidden_sites
 from vlmloc.sweeps import head_patch_scores
 
 MODELS = ["tiny_llava", "tiny_internvl", "toy_llava", "toy_internvl"]
@@ -82,25 +81,34 @@ def test_tiny_qwen3_head_width_is_not_hidden_over_heads(tiny_internvl):
 
 
 def test_sites_are_visited_in_forward_order():
-    sites = [
-        ("layer_out", 1),
-        ("heads", 1),
-        ("mask", 1),
-        ("embeds",),
-        ("mask", 0),
-        ("projector",),
-        ("tower", 2),
+    names = [
+        "llm.1",
+        "llm.1.heads",
+        "llm.1.mask",
+        "llm.input",
+        "llm.0.mask",
+        "projector",
+        "tower.2",
+        "llm.1.skip",
     ]
-    ordered = sorted(sites, key=site_order)
-    assert ordered == [
-        ("tower", 2),
-        ("projector",),
-        ("embeds",),
-        ("mask", 0),
-        ("mask", 1),
-        ("heads", 1),
-        ("layer_out", 1),
-    ]
+    ordered = sorted(map(Site.parse, names), key=lambda s: s.order)
+    assert [s.name for s in ordered] == [
+        "tower.2", "projector", "llm.input", "llm.0.mask", "llm.1.skip", "llm.1.mask", "llm.1.heads", "llm.1",
+    ]  # fmt: skip
+    assert ordered[-2:] == [("heads", 1), ("layer_out", 1)]  # a site is its (kind, layer) tuple
+
+
+def test_every_site_name_parses_back_to_its_site():
+    sites = [Site("tower", 0), Site("projector"), Site("embeds"), Site("skip", 3), Site("mask", 3),
+             Site("heads", 3), Site("layer_out", 3)]  # fmt: skip
+    assert [Site.parse(s.name) for s in sites] == sites
+    assert [s.name for s in hidden_sites(1, 1)] == ["tower.0", "projector", "llm.input", "llm.0"]
+    assert (Site.parse("llm.input").stage, Site.parse("llm.input").layer) == ("llm", -1)
+    for bad in ("llm.x", "llm.2.attn", "vision.1", "tower.1.heads"):
+        with pytest.raises(ValueError, match="unknown site"):
+            Site.parse(bad)
+    with pytest.raises(ValueError, match="needs a layer"):
+        Site("heads")
 
 
 def test_layer_windows():
@@ -346,18 +354,20 @@ def test_suffix_rows_share_the_prefix_cache_without_writing_it(toy_llava):
     on the repeated cache must leave the prefix as it was, and give what a copied cache gives."""
     import copy
 
-    from vlmloc.sweeps import _suffix_inputs, first_after_image
+    from vlmloc.prefix_cache import suffix_inputs
+    from vlmloc.sweeps import first_after_image
 
     _, base, _ = _pair(toy_llava)
     start = first_after_image(toy_llava, base["input_ids"])
-    cache = toy_llava.prefix(base, start).cache
+    prefix = toy_llava.prefix(base, start)
+    cache = prefix.cache
     before = [layer.keys.clone() for layer in cache.layers]
-    shared = toy_llava.forward(_suffix_inputs(base, start, 3, cache))
+    shared = toy_llava.forward(suffix_inputs(base, prefix, 3))
     assert all(torch.equal(a, layer.keys) for a, layer in zip(before, cache.layers, strict=True))
     assert cache.get_seq_length() == start
     copied = copy.deepcopy(cache)
     copied.batch_repeat_interleave(3)
-    inputs = {**_suffix_inputs(base, start, 3, cache), "past_key_values": copied}
+    inputs = {**suffix_inputs(base, prefix, 3), "past_key_values": copied}
     assert _close(shared, toy_llava.forward(inputs), 1e-6)
 
 

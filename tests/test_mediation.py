@@ -1,4 +1,4 @@
-"""Chapter 6: mediation fractions, their aggregation, attribution patching, controls and the cost model."""
+"""Chapter 6: the mediation pairs, MF maps and their statistics, the runner, its controls, and the report."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import torch
 import vlmloc
+from vlmloc import mediation_maps as mm
+from vlmloc import stats
+from vlmloc.control_set import MediationPair, mediation_pairs
 from vlmloc.experiments import ch06_mediation as md
 from vlmloc.families import TASKS
 from vlmloc.inpaint import inpaint
@@ -18,7 +21,7 @@ from vlmloc.sweeps import head_patch_scores
 # --------------------------------------------------------------------------- fixtures
 
 
-def _pairs(tmp_path, synthetic_coco, n: int = 4) -> list[md.MediationPair]:
+def _pairs(tmp_path, synthetic_coco, n: int = 4) -> list[MediationPair]:
     """Synthetic objects and their inpainted twins, written like chapter 1's control set."""
     ann, images = synthetic_coco
     out = []
@@ -26,7 +29,7 @@ def _pairs(tmp_path, synthetic_coco, n: int = 4) -> list[md.MediationPair]:
         filled, _ = inpaint(s.load_image(), s.mask())
         path = tmp_path / f"{s.image_id}_{s.ann_id}.png"
         filled.save(path)
-        out.append(md.MediationPair(s.sample_id, s.category, tuple(s.box), str(s.image_path), str(path)))
+        out.append(MediationPair(s.sample_id, s.category, tuple(s.box), str(s.image_path), str(path)))
     return out
 
 
@@ -42,104 +45,65 @@ def _records(p_src, p_base, patched):
 
 def test_mf_is_one_at_the_source_and_zero_at_the_base():
     rec = _records([2.0], [10.0], [[2.0, 10.0, 6.0, 14.0]])
-    res = md.aggregate(rec, 2, 2)
+    res = mm.aggregate(rec, 2, 2)
     assert res.mean.tolist() == [[1.0, 0.0], [0.5, -0.5]]
     assert res.counts() == {"used": 1, "dropped": 0, "near_zero": 0, "reversed": 0}
 
 
 def test_pairs_with_a_near_zero_or_reversed_denominator_are_dropped_and_counted():
     rec = _records([2.0, 2.0, 10.0, 2.0], [10.0, 2.05, 2.0, 4.0], [[6.0]] * 4)
-    res = md.aggregate(rec, 1, 1, min_rel_gap=0.05)
+    res = mm.aggregate(rec, 1, 1, min_rel_gap=0.05)
     assert res.used == ["0", "3"] and res.dropped == ["1"] and res.reversed == ["2"]
     assert res.counts() == {"used": 2, "dropped": 2, "near_zero": 1, "reversed": 1}
     assert res.mean[0, 0] == pytest.approx(np.mean([0.5, -1.0]))
-    kept = md.aggregate(rec, 1, 1, min_rel_gap=0.05, drop_reversed=False)
+    kept = mm.aggregate(rec, 1, 1, min_rel_gap=0.05, drop_reversed=False)
     assert kept.used == ["0", "2", "3"]
     assert kept.per_pair[1, 0, 0] == pytest.approx((2.0 - 6.0) / (2.0 - 10.0))  # MF keeps its formula
-    assert md.aggregate(rec, 1, 1, min_rel_gap=0.0, drop_reversed=False).counts()["used"] == 4
+    assert mm.aggregate(rec, 1, 1, min_rel_gap=0.0, drop_reversed=False).counts()["used"] == 4
 
 
 def test_attribution_estimates_are_mapped_through_the_exponential():
     rec = {"a": {"p_src": 1.0, "p_base": 4.0, "dlogp": [0.0, math.log(4.0)]}}
-    res = md.attribution_mf(rec, 1, 2)
+    res = mm.attribution_mf(rec, 1, 2)
     assert res.mean[0].tolist() == pytest.approx([0.0, 1.0])  # dlogp = log(P_base / P_src): all of it
 
 
 def test_the_mismatched_control_uses_the_real_pairs_denominator():
     real = _records([1.0], [5.0], [[3.0]])
     mis = {"0": {"p_base": 5.0, "p_patched": [4.0]}}
-    assert md.aggregate(mis, 1, 1, denominators=real).mean[0, 0] == pytest.approx(0.25)
+    assert mm.aggregate(mis, 1, 1, denominators=real).mean[0, 0] == pytest.approx(0.25)
 
 
 def test_top_heads_overlap_and_chance():
     mf = np.array([[0.1, 0.9, np.nan], [0.5, 0.5, -1.0]])
-    assert md.top_heads(mf, 3) == [[0, 1], [1, 0], [1, 1]]  # ties: lower layer/head first; NaN last
-    assert md.overlap([[0, 1], [1, 0]], [[1, 0], [2, 2]]) == [[1, 0]]
-    assert md.chance_overlap(10, 64) == pytest.approx(100 / 64)
+    assert mm.top_heads(mf, 3) == [[0, 1], [1, 0], [1, 1]]  # ties: lower layer/head first; NaN last
+    assert mm.overlap([[0, 1], [1, 0]], [[1, 0], [2, 2]]) == [[1, 0]]
+    assert stats.chance_overlap(10, 64) == pytest.approx(100 / 64)
     k, n = 10, 64
-    probs = [md.overlap_p_value(i, k, n) - md.overlap_p_value(i + 1, k, n) for i in range(k + 1)]
-    assert md.overlap_p_value(0, k, n) == pytest.approx(1.0)
-    assert sum(i * p for i, p in enumerate(probs)) == pytest.approx(md.chance_overlap(k, n))
+    probs = [stats.overlap_p_value(i, k, n) - stats.overlap_p_value(i + 1, k, n) for i in range(k + 1)]
+    assert stats.overlap_p_value(0, k, n) == pytest.approx(1.0)
+    assert sum(i * p for i, p in enumerate(probs)) == pytest.approx(stats.chance_overlap(k, n))
 
 
 def test_sparsity_of_a_uniform_and_a_one_hot_map():
     flat = np.ones((4, 4))
-    s = md.sparsity(flat, (1, 4))
+    s = stats.sparsity(flat, (1, 4))
     assert s["top1"] == pytest.approx(s["uniform1"]) and s["top4"] == pytest.approx(25.0)
     one = np.zeros((4, 4))
     one[2, 3] = 0.7
     one[0, 0] = -5.0  # negative MF carries none of the effect
-    assert md.sparsity(one, (1,))["top1"] == pytest.approx(100.0)
-    curve = md.cumulative_share(flat)
+    assert stats.sparsity(one, (1,))["top1"] == pytest.approx(100.0)
+    curve = stats.cumulative_share(flat)
     assert curve[-1] == pytest.approx(100.0) and np.all(np.diff(curve) >= 0)
 
 
 def test_spearman():
     a = np.arange(10.0)
-    assert md.spearman(a, a**3) == pytest.approx(1.0)
-    assert md.spearman(a, -a) == pytest.approx(-1.0)
-    assert md.spearman(np.array([1.0, 2.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0, 4.0])) == pytest.approx(
+    assert stats.spearman(a, a**3) == pytest.approx(1.0)
+    assert stats.spearman(a, -a) == pytest.approx(-1.0)
+    assert stats.spearman(np.array([1.0, 2.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0, 4.0])) == pytest.approx(
         np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1]
     )
-
-
-# --------------------------------------------------------------------------- attribution patching
-
-
-@pytest.mark.parametrize("name", ["toy_llava", "toy_internvl", "tiny_internvl"])
-def test_attribution_matches_a_finite_difference(request, name, tmp_path, synthetic_coco):
-    vlm = request.getfixturevalue(name)
-    pair = _pairs(tmp_path, synthetic_coco, 1)[0]
-    src, base, answer = pair.encode(vlm, "localization")
-    att = md.attribution_patching(vlm, src, base, answer, "localization")
-    assert att.dlogp.shape == (vlm.n_layers * vlm.n_heads,)
-    assert att.p_src == pytest.approx(float(vlm.score(src, [answer], "localization").perplexity[0]), rel=1e-5)
-    assert att.p_base == pytest.approx(
-        float(vlm.score(base, [answer], "localization").perplexity[0]), rel=1e-4
-    )
-    heads = [(0, 0), (vlm.n_layers - 1, vlm.n_heads - 1), (vlm.n_layers // 2, 1)]
-    for head in heads:
-        fd = md.finite_difference(vlm, src, base, answer, "localization", head, eps=1e-2)
-        est = float(att.dlogp[head[0] * vlm.n_heads + head[1]])
-        assert est == pytest.approx(fd, rel=0.05, abs=2e-4), head
-    assert att.dlogp.abs().max() > 1e-3, "some head must matter"
-
-
-def test_attribution_of_a_source_equal_to_the_base_is_zero(toy_internvl, tmp_path, synthetic_coco):
-    pair = _pairs(tmp_path, synthetic_coco, 1)[0]
-    _, base, answer = pair.encode(toy_internvl, "classification")
-    att = md.attribution_patching(toy_internvl, base, base, answer, "classification")
-    assert att.dlogp.abs().max() < 1e-5
-    assert att.p_src == pytest.approx(att.p_base, rel=1e-5)
-
-
-def test_attribution_ranks_heads_like_the_exact_sweep(toy_llava, tmp_path, synthetic_coco):
-    pair = _pairs(tmp_path, synthetic_coco, 1)[0]
-    src, base, answer = pair.encode(toy_llava, "localization")
-    att = md.attribution_patching(toy_llava, src, base, answer, "localization")
-    ex = head_patch_scores(toy_llava, src, base, answer, "localization")
-    exact = (ex.patched.mean_logprob - ex.base.mean_logprob).numpy()
-    assert md.spearman(att.dlogp.numpy(), exact) > 0.5
 
 
 # --------------------------------------------------------------------------- the experiment
@@ -188,7 +152,7 @@ def test_mismatched_source_is_another_class_with_the_same_layout(toy_internvl, t
 def test_mismatched_sources_never_share_the_original_image(toy_llava, tmp_path, synthetic_coco):
     """On COCO one image holds several objects: a source from the same scene is no stranger."""
     pairs = _pairs(tmp_path, synthetic_coco, 8)
-    twin = md.MediationPair(f"{pairs[0].image_id}:999999", "no-such-class", pairs[0].box, pairs[0].original,
+    twin = MediationPair(f"{pairs[0].image_id}:999999", "no-such-class", pairs[0].box, pairs[0].original,
                             pairs[0].inpainted)  # fmt: skip
     exp = md.Mediation(toy_llava, [pairs[0], twin, *pairs[1:]], md.MediationParams({}, progress=False), None)
     for p in exp.pairs:
@@ -223,7 +187,7 @@ def test_missing_control_set_names_the_command(tmp_path):
     with pytest.raises(
         FileNotFoundError, match="chapters run --chapters 01_data_and_baselines --models toy-llava"
     ):
-        md.mediation_pairs(tmp_path, "toy-llava", 5)
+        mediation_pairs(tmp_path, "toy-llava", 5)
 
 
 # --------------------------------------------------------------------------- report and cost model
@@ -257,7 +221,7 @@ def test_cost_model_orders_the_methods_and_respects_memory(toy_llava):
 
 
 def test_findings_name_the_model_and_the_paper():
-    res = md.aggregate(_records([1.0, 1.0], [5.0, 9.0], [[1.0] + [5.0] * 15, [2.0] + [9.0] * 15]), 4, 4)
+    res = mm.aggregate(_records([1.0, 1.0], [5.0, 9.0], [[1.0] + [5.0] * 15, [2.0] + [9.0] * 15]), 4, 4)
     text = mr.finding_map("toy-llava", "llava", "localization", res)
     first, last = MEDIATION_LAYERS[LLAVA_7B]
     assert (
@@ -275,11 +239,11 @@ def test_results_table_puts_each_model_beside_the_papers():
     mf[2:4, :5] = 1.0  # the top 10: five heads in each of layers 2 and 3
     summary = {
         "model_id": "toy-llava", "n_layers": 8, "n_heads": 8, "paper_band": [2, 3, 4],
-        "top10": {t: md.top_heads(mf, 10) for t in TASKS},
-        "sparsity": {t: md.sparsity(mf) for t in TASKS},
+        "top10": {t: mm.top_heads(mf, 10) for t in TASKS},
+        "sparsity": {t: stats.sparsity(mf) for t in TASKS},
         "attribution": {t: {"spearman": 0.5, "top10_overlap": 3} for t in TASKS},
         "n_pairs": {t: {"used": 5, "dropped": 1} for t in TASKS},
-        "overlap": 2, "overlap_chance": md.chance_overlap(10, 64),
+        "overlap": 2, "overlap_chance": stats.chance_overlap(10, 64),
     }  # fmt: skip
     table = mr.results_table({"toy-llava": {md.CHAPTER: summary}, "other": {}})
     assert list(table.index) == [

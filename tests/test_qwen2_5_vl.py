@@ -36,10 +36,11 @@ from test_decoder_sites import (  # noqa: F401  (collected here, on the tiny Qwe
 )
 from vlmloc.families import QWEN25VL
 from vlmloc.interventions import AttentionKnockout
+from vlmloc.prefix_cache import suffix_inputs
 from vlmloc.processor_check import GEOMETRY_PROBES, GeometryError, check_geometry
 from vlmloc.scoring import scored_answer, teacher_forced_inputs
 from vlmloc.sites import hidden_sites
-from vlmloc.sweeps import _suffix_inputs, first_after_image
+from vlmloc.sweeps import first_after_image
 
 TINY_QWEN = "tiny-qwen2.5-vl-test"
 
@@ -273,11 +274,11 @@ def test_suffix_on_the_prefix_cache_equals_the_full_forward(tiny_qwen):
     the full forward's logits; with 1-D positions (the sequence index) it would not."""
     _, base, _ = _pair(tiny_qwen)
     start = first_after_image(tiny_qwen, base["input_ids"])
-    cache = tiny_qwen.prefix(base, start).cache
+    prefix = tiny_qwen.prefix(base, start)
     full = tiny_qwen.logits(base)[:, start:]
     inputs = {**base, "position_ids": tiny_qwen.position_ids(base)}
-    assert _close(tiny_qwen.forward(_suffix_inputs(inputs, start, 2, cache)), full.expand(2, -1, -1), 1e-5)
-    flat = _suffix_inputs(base, start, 1, cache)  # no positions given: arange, the sequence index
+    assert _close(tiny_qwen.forward(suffix_inputs(inputs, prefix, 2)), full.expand(2, -1, -1), 1e-5)
+    flat = suffix_inputs(base, prefix, 1)  # no positions given: arange, the sequence index
     assert not _close(tiny_qwen.forward(flat), full, 1e-4)
 
 

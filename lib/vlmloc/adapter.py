@@ -14,12 +14,10 @@ each applied at the prefill only or at every generation step. ``vlm.model`` is t
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from .interventions.base import Intervention, StepInfo, run_hooks
 from .interventions.hidden import HiddenStates
 from .interventions.tokens import InputEdit
 from .metrics import Box
+from .prefix_cache import PER_TOKEN, Prefix, build_prefix
 from .processor_check import check_geometry, llava_image_processor
 from .registry import ModelSpec, get_spec, weights_fingerprint
 from .scoring import AnswerScores, answer_scores, scored_answer, teacher_forced_inputs
@@ -43,20 +42,6 @@ log = logging.getLogger("vlmloc")
 _KEEP_TAGS = ("<ref>", "</ref>", "<box>", "</box>")
 
 EmbedEdit = Callable[[torch.Tensor], torch.Tensor]
-
-#: Processor outputs with one entry per token (cut with the prompt when a prefix is taken).
-_PER_TOKEN = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
-
-
-@dataclass(frozen=True)
-class Prefix:
-    """The KV cache of the first ``length`` positions of every row of one encoded batch
-    (:meth:`VLM.prefix`): the vision tower and the image span run once, and :meth:`VLM.generate`
-    starts from a copy of it. Exact only for interventions that change nothing before ``length``
-    (a knockout whose queries start after the image span does not)."""
-
-    length: int
-    cache: Any
 
 
 def resolve_device(device: str) -> str:
@@ -202,16 +187,9 @@ class VLM:
 
     def prefix(self, enc: Any, length: int) -> Prefix:
         """The KV cache of the first ``length`` positions of ``enc`` (e.g. up to the end of the
-        image span, ``min`` over rows), for :meth:`generate`'s ``prefix``."""
-        if not 0 < length < enc["input_ids"].shape[1]:
-            raise ValueError(
-                f"a prefix must be shorter than the prompt ({enc['input_ids'].shape[1]}), got {length}"
-            )
-        cut = {k: (v[:, :length] if k in _PER_TOKEN else v) for k, v in enc.items()}
-        cut["position_ids"] = self.position_ids(enc)[..., :length]  # M-RoPE: the prefix's own deltas
-        with torch.no_grad():
-            # only the cache is needed: logits of one position, not [B, length, vocab] (16 GB for InternVL)
-            return Prefix(length, self.hf(**cut, use_cache=True, logits_to_keep=1).past_key_values)
+        image span, ``min`` over rows), for :meth:`generate`'s ``prefix`` (see
+        :func:`vlmloc.prefix_cache.build_prefix`)."""
+        return build_prefix(self, enc, length)
 
     def generate(
         self,
@@ -241,8 +219,8 @@ class VLM:
                 raise ValueError("an edit of the LLM input changes the prefix; generate without prefix=")
             done = prefix.length
             args = ()
-            kwargs = {k: enc[k] for k in _PER_TOKEN if k in enc}
-            kwargs["past_key_values"] = copy.deepcopy(prefix.cache)  # generate appends to it
+            kwargs = {k: enc[k] for k in PER_TOKEN if k in enc}
+            kwargs["past_key_values"] = prefix.for_generation()  # generate appends to it
             # the whole prompt's positions (generate slices off the cached part and extends them);
             # under M-RoPE they carry the image's offset (rope_deltas), which the suffix cannot know
             kwargs["position_ids"] = self.position_ids(enc)
@@ -288,13 +266,15 @@ class VLM:
         Returns the logits at positions ``logits_at`` (an index or slice of the sequence axis;
         all when ``None``), or nothing when ``logits_at is False`` (reads only). ``step``
         places the forward in a longer sequence (a suffix after a cached prefix); by default
-        it is one prefill over the whole input.
+        it is one prefill over the whole input. Autograd records the forward only when an
+        intervention reads gradients (``needs_grad``, e.g. :class:`~vlmloc.interventions.HeadGradient`).
         """
         q_len = int((inputs["input_ids"] if "input_ids" in inputs else inputs["inputs_embeds"]).shape[1])
         step = step or StepInfo(0, q_len, q_len)
         if "past_key_values" not in inputs and "inputs_embeds" not in inputs:  # full: the family's positions
             inputs = {**inputs, "position_ids": self.position_ids(inputs)}
-        with torch.no_grad(), self.model.trace(**dict(inputs)) as tracer:
+        grad = any(iv.needs_grad for iv in interventions)
+        with torch.set_grad_enabled(grad), self.model.trace(**dict(inputs)) as tracer:
             run_hooks(self, list(interventions), step)
             if logits_at is False:
                 tracer.stop()

@@ -1,9 +1,18 @@
-"""Integrated Gradients over the visual tokens at the LLM input (Sundararajan et al., 2017).
+"""Gradient attributions: which inputs, or which heads, a teacher-forced answer rests on.
 
-For one image and prompt, let ``x`` be the visual tokens at the LLM input (after the projector),
-``x'`` a baseline (the book's methods page, chapter 2: the mean visual embedding at every visual position) and ``f`` the
-log-probability of a teacher-forced answer (classification: the class name; localization: the
-ground-truth box in the model's own format). The attribution of hidden unit ``d`` of token ``i`` is
+Two methods, both first-order and both checked against what they approximate:
+
+- **Integrated Gradients** over the visual tokens at the LLM input (Sundararajan et al., 2017;
+  chapter 2): :func:`integrated_gradients`.
+- **Attribution patching** of every attention head (Nanda 2023; Syed et al. 2023; chapter 6):
+  :func:`attribution_patching`, the first-order estimate of patching each head from a source
+  run into a base run, checked against :func:`finite_difference`.
+
+Integrated Gradients. For one image and prompt, let ``x`` be the visual tokens at the LLM input
+(after the projector), ``x'`` a baseline (the book's methods page, chapter 2: the mean visual
+embedding at every visual position) and ``f`` the log-probability of a teacher-forced answer
+(classification: the class name; localization: the ground-truth box in the model's own format).
+The attribution of hidden unit ``d`` of token ``i`` is
 
     a_id = (x_id - x'_id) * mean_{k=1..m} df/dx_id (x' + alpha_k (x - x')),   alpha_k = (k - 1/2) / m
 
@@ -13,18 +22,37 @@ exactly as m grows; :class:`IGResult` carries both sides so a reader can check i
 The ``m`` interpolation steps run as one batch (or chunks of ``step_batch``) through the
 Hugging Face model ``vlm.hf`` with ``inputs_embeds``; only the visual rows are interpolated, the
 text rows stay as they are.
+
+Attribution patching reaches the heads through the one door (:meth:`vlmloc.adapter.VLM.forward`)
+with two intervention kinds: :class:`~vlmloc.interventions.HeadRead` reads the source run's head
+outputs, :class:`~vlmloc.interventions.HeadGradient` holds the base run's in the graph for the
+backward.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from .scoring import answer_ids
+from .interventions.base import StepInfo
+from .interventions.heads import Head, HeadGradient, HeadPatch, HeadRead, all_heads
+from .prefix_cache import suffix_inputs
+from .scoring import answer_ids, answer_scores, scored_answer, teacher_forced_inputs
+from .sweeps import first_after_image
 
-__all__ = ["IGResult", "answer_log_prob", "integrated_gradients", "teacher_forced_answer", "top_k"]
+__all__ = [
+    "AttributionScores",
+    "IGResult",
+    "answer_log_prob",
+    "attribution_patching",
+    "finite_difference",
+    "integrated_gradients",
+    "teacher_forced_answer",
+    "top_k",
+]
 
 
 @dataclass
@@ -147,3 +175,109 @@ def top_k(scores: torch.Tensor, k: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     order = np.argsort(-scores.detach().cpu().numpy(), kind="stable")
     return np.sort(order[:k]).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- attribution patching
+
+
+@dataclass
+class AttributionScores:
+    """One pair: P on source and base, and each head's first-order change of the mean log-probability."""
+
+    heads: list[Head]
+    p_src: float
+    p_base: float
+    dlogp: torch.Tensor  # [heads]: grad(mean log p) . (z_src - z_base), summed over positions and head dims
+
+    @property
+    def p_patched_estimate(self) -> torch.Tensor:
+        """``P_base * exp(-dlogp)``: the first-order change of log P, mapped through the exponential."""
+        return self.p_base * torch.exp(-self.dlogp)
+
+
+def attribution_patching(
+    vlm: Any, source_enc: Any, base_enc: Any, answer: str, task: str
+) -> AttributionScores:
+    """First-order estimate of patching every head from source into base (attribution patching).
+
+    With ``z_l`` the input of layer ``l``'s ``o_proj`` (head ``h`` is its slice ``[h d, (h+1) d)``,
+    the site of :class:`~vlmloc.interventions.HeadPatch`) and ``f`` the mean log-probability of
+    the scored answer tokens (``f = -log P``), the estimate for head ``(l, h)`` is
+
+        dlogp[l, h] = sum_{t >= first after image, i in head h} df/dz_l[t, i] * (z_src - z_base)_l[t, i]
+
+    from one forward and one backward of the base run (its image prefix runs once without
+    gradients: nothing before the patched positions can change) plus the source forward that
+    reads ``z_src``. The gradient is the total derivative (through every later layer), taken in
+    the unpatched base run.
+    """
+    if not torch.equal(source_enc["input_ids"], base_enc["input_ids"]):
+        raise ValueError("source and base must have the same tokens (same prompt, same image size)")
+    if source_enc["input_ids"].shape[0] != 1:
+        raise ValueError("attribution_patching takes one source/base pair at a time")
+    layers = list(range(vlm.n_layers))
+    read = HeadRead(layers)
+    p_src = float(vlm.score(source_enc, [answer], task, [read]).perplexity[0])
+    ids, mask = scored_answer(vlm.tokenizer, task, answer)
+    inputs, targets, _ = teacher_forced_inputs(base_enc, [ids], vlm.tokenizer.pad_token_id)
+    start = first_after_image(vlm, inputs["input_ids"])
+    inputs["position_ids"] = vlm.position_ids(inputs)  # the family's positions (3-D under M-RoPE)
+    held = HeadGradient(layers)
+    f = _base_suffix_logprob(vlm, inputs, start, base_enc["input_ids"].shape[1], targets, mask, held)
+    grads, z_base = held.gradients(f), held.values
+    n_heads, d = vlm.n_heads, vlm.head_dim
+    out = []
+    for la in layers:
+        g = grads[la]
+        z_src = read.values[la][:, start:].to(z_base[la].device, z_base[la].dtype)
+        prod = (g.float() * (z_src - z_base[la]).float()).reshape(*g.shape[:2], n_heads, d)
+        out.append(prod.sum((0, 1, 3)))
+    return AttributionScores(
+        all_heads(vlm.n_layers, n_heads), p_src, float(torch.exp(-f.detach())), torch.cat(out).cpu()
+    )
+
+
+def _base_suffix_logprob(
+    vlm: Any,
+    inputs: dict,
+    start: int,
+    prompt_len: int,
+    targets: torch.Tensor,
+    mask: list,
+    held: HeadGradient,
+) -> torch.Tensor:
+    """The base run's mean log-probability of the answer, with autograd on after the image prefix:
+    the prefix runs once from its cache, the suffix under ``held``, which keeps the heads in the graph."""
+    prefix = vlm.prefix(inputs, start)
+    total = inputs["input_ids"].shape[1]
+    s = prompt_len - 1 - start
+    logits = vlm.forward(
+        suffix_inputs(inputs, prefix, 1),
+        [held],
+        slice(s, s + targets.shape[1]),
+        StepInfo(0, total - start, total),
+    )
+    with torch.enable_grad():
+        return answer_scores(logits, targets, torch.as_tensor([mask])).mean_logprob[0]
+
+
+def finite_difference(
+    vlm: Any, source_enc: Any, base_enc: Any, answer: str, task: str, head: Head, eps: float = 1e-2
+) -> float:
+    """Central difference of the mean log-probability along ``z_base -> z_src`` for one head.
+
+    Patches ``head`` with ``z_base + t (z_src - z_base)`` at ``t = +-eps`` (positions after the
+    image, through :class:`~vlmloc.interventions.HeadPatch`) and returns
+    ``(f(+eps) - f(-eps)) / (2 eps)``: what :func:`attribution_patching` estimates for that head.
+    """
+    layer = int(head[0])
+    src, base = HeadRead([layer]), HeadRead([layer])
+    vlm.score(source_enc, [answer], task, [src])
+    vlm.score(base_enc, [answer], task, [base])
+    start = first_after_image(vlm, base_enc["input_ids"])
+    f = []
+    for t in (eps, -eps):
+        mix = {layer: base.values[layer] + t * (src.values[layer] - base.values[layer])}
+        patch = HeadPatch([[(layer, int(head[1]))]], mix, from_pos=start)
+        f.append(float(vlm.score(base_enc, [answer], task, [patch]).mean_logprob[0]))
+    return (f[0] - f[1]) / (2 * eps)

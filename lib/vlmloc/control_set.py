@@ -11,6 +11,10 @@ Layout under ``<results_dir>/<model>/control_set/``::
     pairs.json                          the manifest (see :func:`write_manifest`)
 
 Inpainted images keep the original's size, so both images of a pair have the same token layout.
+A kept pair, read back as a :class:`MediationPair`, is one source/base pair of chapter 6::
+
+    pairs = mediation_pairs(results_dir, model_id, n_pairs)
+    src_enc, base_enc, answer = pairs[0].encode(vlm, "localization")
 """
 
 from __future__ import annotations
@@ -23,13 +27,29 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from .adapter import VLM
 from .data import Sample
 from .evaluate import run_condition
 from .inpaint import inpaint, inpaint_method
 from .store import ResultsStore, model_dirname
 
-__all__ = ["ControlSet", "build_control_set", "control_dir", "load_pairs", "preview_pairs", "write_manifest"]
+__all__ = [
+    "CONTROL_SET_CHAPTER",
+    "ControlSet",
+    "MediationPair",
+    "build_control_set",
+    "control_dir",
+    "control_set_command",
+    "load_pairs",
+    "mediation_pairs",
+    "preview_pairs",
+    "write_manifest",
+]
+
+#: The chapter that builds the control set (its classification baseline says which objects flip).
+CONTROL_SET_CHAPTER = "01_data_and_baselines"
 
 Inpainter = Callable[..., tuple[Any, str]]
 
@@ -125,7 +145,7 @@ def load_pairs(manifest: str | Path, kept_only: bool = True) -> list[dict]:
         doc = json.loads(manifest.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"no control-set manifest at {manifest}; run chapter 01_data_and_baselines for this model first"
+            f"no control-set manifest at {manifest}; run chapter {CONTROL_SET_CHAPTER} for this model first"
         ) from None
     out = []
     for p in doc["pairs"]:
@@ -239,3 +259,62 @@ def preview_pairs(samples: Sequence[Sample], n: int = 4, dilate: int = 3) -> lis
             {"original": image, "inpainted": filled, "category": s.category, "box": s.box, "method": method}
         )
     return out
+
+
+# --------------------------------------------------------------------------- pairs for mediation
+
+
+@dataclasses.dataclass(frozen=True)
+class MediationPair:
+    """One kept pair of chapter 1's control set: the original image and its inpainted twin."""
+
+    sample_id: str
+    category: str
+    box: tuple[float, float, float, float]
+    original: str
+    inpainted: str
+
+    @classmethod
+    def from_manifest(cls, p: Mapping) -> MediationPair:
+        return cls(str(p["sample_id"]), p["category"], tuple(p["box"]), p["original"], p["inpainted"])
+
+    @property
+    def image_id(self) -> int:
+        """The original image's id (a sample id is ``"<image_id>:<ann_id>"``)."""
+        return int(self.sample_id.split(":")[0])
+
+    def images(self) -> tuple[Image.Image, Image.Image]:
+        src, base = Image.open(self.original).convert("RGB"), Image.open(self.inpainted).convert("RGB")
+        if src.size != base.size:
+            raise ValueError(
+                f"pair {self.sample_id}: the inpainted image is {base.size}, the original {src.size}; "
+                "both images of a pair must have the same size (same token layout)"
+            )
+        return src, base
+
+    def answer(self, vlm: Any, task: str, size: tuple[int, int]) -> str:
+        """The ground-truth answer P scores: the class name, or the box in the model's own format."""
+        return self.category if task == "classification" else vlm.format_box(self.box, size, self.category)
+
+    def encode(self, vlm: Any, task: str, source_image: Image.Image | None = None) -> tuple[Any, Any, str]:
+        """``(source encoding, base encoding, answer)`` for ``task``; ``source_image`` replaces the original."""
+        src, base = self.images()
+        src = src if source_image is None else source_image
+        prompt = vlm.prompt(task, self.category)
+        return vlm.encode([src], [prompt]), vlm.encode([base], [prompt]), self.answer(vlm, task, base.size)
+
+
+def control_set_command(model_id: str) -> str:
+    """The command that builds chapter 1's control set for ``model_id``."""
+    return f"python -m vlmloc.chapters run --chapters {CONTROL_SET_CHAPTER} --models {model_id}"
+
+
+def mediation_pairs(results_dir: str | Path, model_id: str, n_pairs: int) -> list[MediationPair]:
+    """The first ``n_pairs`` kept pairs of chapter 1's control set (its seeded order)."""
+    manifest = control_dir(results_dir, model_id) / "pairs.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(
+            f"no object-removal control set for {model_id} at {manifest}; build it with "
+            f"`{control_set_command(model_id)}` (same results_dir), or pass -p build_control_set True"
+        )
+    return [MediationPair.from_manifest(p) for p in load_pairs(manifest)[:n_pairs]]

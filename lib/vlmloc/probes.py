@@ -46,7 +46,7 @@ from torch import nn
 from .adapter import VLM
 from .geometry import ImageLayout
 from .interventions.hidden import HiddenStates
-from .sites import HiddenSite, hidden_sites
+from .sites import Site, hidden_sites
 
 __all__ = [
     "DeviceHiddenStates",
@@ -74,7 +74,7 @@ class DeviceHiddenStates(HiddenStates):
     host and back. Tower and projector values come whole, LLM values cut per row to ``positions``.
     """
 
-    def _read(self, site: HiddenSite, x: torch.Tensor, step: Any) -> None:
+    def _read(self, site: Site, x: torch.Tensor, step: Any) -> None:
         x = x.detach()
         if site.stage == "llm" and self.positions is not None:
             self.values[site.name] = [x[row, p.to(x.device)] for row, p in enumerate(self.positions)]
@@ -338,7 +338,7 @@ class ProbeBank:
 
     def __init__(self, sites: Sequence[str], widths: dict[str, int], grids: dict[str, tuple[int, int]],
                  params: ProbeParams, tower_side: int, device: str = "cpu") -> None:  # fmt: skip
-        self.sites = [s.name for s in sorted(map(HiddenSite.parse, sites), key=lambda s: s.order)]
+        self.sites = [s.name for s in sorted(map(Site.parse, sites), key=lambda s: s.order)]
         self.params = params
         self.tower_side = tower_side
         self.device = device

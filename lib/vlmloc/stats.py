@@ -6,6 +6,10 @@ difference of means is that of the per-object differences, not the combined SE o
 independent rates. When one side is a random control drawn several times (random heads), the
 draws are a second source of noise: one draw may hit a head the model cannot do without. The
 SE of :func:`paired_difference` adds the spread between draws to the spread between objects.
+
+Maps of heads (chapter 6) are compared by rank (:func:`spearman`), by how many top heads two
+lists share against chance (:func:`chance_overlap`, :func:`overlap_p_value`), and by how few
+heads carry the effect (:func:`sparsity`, :func:`cumulative_share`).
 """
 
 from __future__ import annotations
@@ -14,10 +18,20 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 from .metrics import loc_success
 
-__all__ = ["loc_score", "paired_difference", "per_object"]
+__all__ = [
+    "chance_overlap",
+    "cumulative_share",
+    "loc_score",
+    "overlap_p_value",
+    "paired_difference",
+    "per_object",
+    "sparsity",
+    "spearman",
+]
 
 
 def loc_score(iou: float | None) -> float:
@@ -65,3 +79,52 @@ def paired_difference(
         "n": n,
         "draws": draws,
     }
+
+
+# --------------------------------------------------------------------------- maps of heads (chapter 6)
+
+
+def chance_overlap(k: int, n: int) -> float:
+    """Expected overlap of two independent random ``k``-subsets of ``n`` heads: ``k^2 / n``."""
+    return k * k / n
+
+
+def overlap_p_value(observed: int, k: int, n: int) -> float:
+    """``P(overlap >= observed)`` for two independent random ``k``-subsets of ``n`` heads (hypergeometric)."""
+    total = math.comb(n, k)
+    return sum(math.comb(k, i) * math.comb(n - k, k - i) for i in range(observed, k + 1)) / total
+
+
+def sparsity(mf: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Share (in %) of the summed positive MF carried by the top ``k`` heads, and the uniform reference.
+
+    Heads with negative MF (patching them moves P away from the source's) carry none of the
+    effect, so the shares are over ``max(MF, 0)``; ``uniform@k`` is ``100 k / heads``, what equal
+    heads would give.
+    """
+    pos = np.sort(np.clip(np.nan_to_num(np.asarray(mf, dtype=np.float64).ravel()), 0, None))[::-1]
+    total = pos.sum()
+    out = {}
+    for k in ks:
+        out[f"top{k}"] = float(100 * pos[:k].sum() / total) if total > 0 else float("nan")
+        out[f"uniform{k}"] = 100 * k / pos.size
+    return out
+
+
+def cumulative_share(mf: np.ndarray) -> np.ndarray:
+    """Cumulative share (in %) of the summed positive MF over heads sorted by MF, largest first."""
+    pos = np.sort(np.clip(np.nan_to_num(np.asarray(mf, dtype=np.float64).ravel()), 0, None))[::-1]
+    total = pos.sum()
+    return 100 * np.cumsum(pos) / total if total > 0 else np.full(pos.size, np.nan)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two maps (average ranks for ties), NaNs excluded."""
+    x, y = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3:
+        return float("nan")
+    rx, ry = pd.Series(x[ok]).rank().to_numpy(), pd.Series(y[ok]).rank().to_numpy()
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])

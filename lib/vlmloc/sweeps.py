@@ -23,19 +23,18 @@ each batch of heads is a full forward (``reuse_prefix`` does not apply).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers.cache_utils import DynamicLayer
 
 from .interventions.base import StepInfo
 from .interventions.heads import Head, HeadPatch, HeadRead, all_heads
 from .interventions.hidden import HiddenStates
 from .interventions.layers import LayerSkip
+from .prefix_cache import suffix_inputs
 from .scoring import AnswerScores, answer_scores, scored_answer, teacher_forced_inputs
 
 __all__ = ["PATCH_POSITIONS", "PatchScores", "check_positions", "first_after_image", "head_patch_scores"]
@@ -74,56 +73,6 @@ def first_after_image(vlm: Any, input_ids: torch.Tensor) -> int:
     if len(pos) == 0:
         raise ValueError("the prompt has no image tokens")
     return int(pos.max()) + 1
-
-
-def _suffix_inputs(inputs: dict, prefix: int, rows: int, cache: Any, row: int | None = 0) -> dict:
-    """The positions after ``prefix`` of row ``row`` of ``inputs``, repeated ``rows`` times, on
-    that row of the prefix ``cache``; ``row=None`` keeps every row of both as they are."""
-    ids = inputs["input_ids"][:, prefix:]
-    if row is not None:
-        ids = ids[row : row + 1].expand(rows, -1)
-    rows, total = ids.shape[0], inputs["input_ids"].shape[1]
-    pos = inputs.get("position_ids")  # the full forward's ([B, S], or M-RoPE's [3, B, S]), when given
-    if pos is None:
-        pos = torch.arange(prefix, total, device=ids.device).expand(rows, -1)
-    else:
-        pos = pos[..., prefix:]
-        pos = pos if row is None else pos[..., row : row + 1, :].expand(*pos.shape[:-2], rows, -1)
-    out = {
-        "input_ids": ids,
-        "attention_mask": torch.ones(rows, total, dtype=torch.long, device=ids.device),
-        "position_ids": pos,
-        "past_key_values": _cache_rows(cache, rows, row),
-    }
-    if "mm_token_type_ids" in inputs:  # per-token types travel with their tokens (Qwen2.5-VL)
-        types = inputs["mm_token_type_ids"][:, prefix:]
-        out["mm_token_type_ids"] = types if row is None else types[row : row + 1].expand(rows, -1)
-    return out
-
-
-def _cache_rows(cache: Any, rows: int, row: int | None) -> Any:
-    """Row ``row`` of a prefix cache repeated ``rows`` times (``None``: all rows), without copying it.
-
-    Each layer's keys and values become a view of the prefix: the suffix's forward concatenates
-    its new keys onto them (a fresh tensor), so the shared prefix is never written and can serve
-    every batch of heads. Why: a deep copy plus ``batch_repeat_interleave`` per batch cost about
-    7% of the sweep on the toys. Layer kinds that may write their cache in place get that copy.
-    """
-    if not all(type(layer) is DynamicLayer for layer in cache.layers):
-        rep = copy.deepcopy(cache)
-        if row is not None:
-            rep.batch_select_indices(torch.tensor([row]))
-            rep.batch_repeat_interleave(rows)
-        return rep
-    rep = copy.copy(cache)
-    rep.layers = []
-    for layer in cache.layers:
-        new = copy.copy(layer)
-        if layer.is_initialized and row is not None:
-            new.keys = layer.keys[row : row + 1].expand(rows, *layer.keys.shape[1:])
-            new.values = layer.values[row : row + 1].expand(rows, *layer.values.shape[1:])
-        rep.layers.append(new)
-    return rep
 
 
 def _stack_rows(*encs: Any) -> dict:
@@ -249,12 +198,12 @@ class _Run:
         then per layer ``l`` its heads, one per row, on the base's prefix with layers before
         ``l`` skipped. Returns the source, base and patched scores."""
         vlm, start = self.vlm, self.start
-        cache = vlm.prefix(self.inputs, start).cache
+        prefix = vlm.prefix(self.inputs, start)
         step = StepInfo(0, self.total - start, self.total)
         read = HeadRead(layers)
         outputs = HiddenStates([f"llm.{la}" for la in range(vlm.n_layers)])
         logits = vlm.forward(
-            _suffix_inputs(self.inputs, start, 2, cache, row=None),
+            suffix_inputs(self.inputs, prefix, 2, row=None),
             [read, outputs],
             self._answer_at(start),
             step,
@@ -269,7 +218,7 @@ class _Run:
                 idx = mine[j : j + batch_size]
                 chunk = [heads[i] for i in idx]
                 skip = LayerSkip({la: known[la] for la in range(layer)}, len(chunk))
-                inputs = _suffix_inputs(self.inputs, start, len(chunk), cache, row=1)
+                inputs = suffix_inputs(self.inputs, prefix, len(chunk), row=1)
                 logits_p = vlm.forward(
                     inputs, [skip, self._patch(chunk, source)], self._answer_at(start), step
                 )

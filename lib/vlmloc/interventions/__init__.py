@@ -3,14 +3,14 @@
 - :mod:`.tokens`: edits of the visual tokens at the LLM input (replace, copy, permute, pad) and
   the token sets they use (chapters 1-3);
 - :mod:`.attention`: attention knockout over layer windows, held at every generation step;
-- :mod:`.heads`: per-head read, patch (also batched sweeps) and ablation;
+- :mod:`.heads`: per-head read, gradient, patch (also batched sweeps) and ablation;
 - :mod:`.hidden`: hidden states of every site, streamed to the CPU;
 - :mod:`.base`: the hook executor that applies any mix of them in forward order.
 """
 
 from .attention import AttentionKnockout, layer_windows
 from .base import Hook, Intervention, StepInfo, run_hooks
-from .heads import HeadAblation, HeadPatch, HeadRead, all_heads
+from .heads import HeadAblation, HeadGradient, HeadPatch, HeadRead, all_heads
 from .hidden import HiddenStates
 from .tokens import (
     InputEdit,
@@ -32,6 +32,7 @@ from .tokens import (
 __all__ = [
     "AttentionKnockout",
     "HeadAblation",
+    "HeadGradient",
     "HeadPatch",
     "HeadRead",
     "HiddenStates",

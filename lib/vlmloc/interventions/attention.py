@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..sites import Site
 from .base import Hook, Intervention, StepInfo
 
 __all__ = ["NEVER", "AttentionKnockout", "layer_windows"]
@@ -84,7 +85,7 @@ class AttentionKnockout(Intervention):
         bad = [x for x in self.layers if not 0 <= x < vlm.n_layers]
         if bad:
             raise ValueError(f"layers {bad} do not exist; the decoder has layers 0-{vlm.n_layers - 1}")
-        return [Hook(("mask", layer), partial(self._block, vlm.n_heads)) for layer in self.layers]
+        return [Hook(Site("mask", layer), partial(self._block, vlm.n_heads)) for layer in self.layers]
 
     def _block(self, n_heads: int, mask: torch.Tensor, step: StepInfo) -> torch.Tensor:
         if mask.shape[0] != len(self.keys):

@@ -1,12 +1,13 @@
 """Interventions as kinds, and the one executor that applies them inside an nnsight trace.
 
 An :class:`Intervention` says *what* to change as a list of :class:`Hook`\\ s, each bound to a
-site (the LLM input, one layer's attention mask, one layer's head outputs, a hidden state to
-read) and says *when*: at the prefill only (``every_step = False``) or at every generation step.
-:func:`run_hooks` is the only code that touches the model: it groups the hooks by site, visits
-the sites in the order the forward pass reaches them (nnsight refuses out-of-order access) and
-hands each hook the value at its site. Because of that, kinds compose: a token edit, a knockout
-in layers 4-7 and a head patch in layer 5 run in one forward without knowing of each other.
+:class:`~vlmloc.sites.Site` (the LLM input, one layer's attention mask, one layer's head
+outputs, a hidden state to read) and says *when*: at the prefill only (``every_step = False``)
+or at every generation step. :func:`run_hooks` is the only code that touches the model: it
+groups the hooks by site, visits the sites in the order the forward pass reaches them (nnsight
+refuses out-of-order access) and hands each hook the value at its site. Because of that, kinds
+compose: a token edit, a knockout in layers 4-7 and a head patch in layer 5 run in one forward
+without knowing of each other.
 
 Why the executor owns the dangerous parts:
 
@@ -16,7 +17,10 @@ Why the executor owns the dangerous parts:
   edits the shared one.
 - *Heads.* A head's output is the slice ``[h * d, (h + 1) * d)`` of ``o_proj``'s input with
   ``d = o_proj.in_features // heads`` (not ``hidden_size // heads``: Qwen3 differs). Head hooks
-  get that input viewed as ``[batch, query, heads, d]`` and edit it in place.
+  get that input viewed as ``[batch, query, heads, d]`` and edit it in place (or hand back a
+  tensor that replaces it).
+- *Gradients.* An intervention with ``needs_grad`` (:class:`~vlmloc.interventions.HeadGradient`)
+  makes the door run its forward with autograd on; every other forward runs without.
 - *Steps.* :class:`StepInfo` tells a hook which absolute positions its queries and keys have,
   at the prefill and at every decoding step with a KV cache.
 - *Accounting.* Each time a hook is handed its value, the executor counts it on the intervention
@@ -32,9 +36,9 @@ from typing import Any
 
 import torch
 
-from ..sites import HiddenSite, SiteMap
+from ..sites import Site, SiteMap
 
-__all__ = ["Hook", "Intervention", "StepInfo", "causal_mask", "hidden_site_key", "run_hooks", "site_order"]
+__all__ = ["Hook", "Intervention", "StepInfo", "causal_mask", "run_hooks"]
 
 
 @dataclass(frozen=True)
@@ -65,27 +69,16 @@ HookFn = Callable[[Any, StepInfo], Any]
 
 @dataclass(frozen=True)
 class Hook:
-    """One function at one site. ``site``: ``("embeds",)``, ``("skip", l)``, ``("mask", l)``,
-    ``("heads", l)``, ``("tower", i)``, ``("projector",)`` or ``("layer_out", l)``. Within a site, hooks run in
-    ``rank`` order (edits 0, reads 1), so a read sees the edited value."""
+    """One function at one :class:`~vlmloc.sites.Site` (``Site("heads", 5)``; a plain
+    ``("heads", 5)`` is taken as one). Within a site, hooks run in ``rank`` order (edits 0,
+    reads 1), so a read sees the edited value."""
 
-    site: tuple
+    site: Site
     fn: HookFn
     rank: int = 0
 
-
-def site_order(site: tuple) -> tuple[int, int, int]:
-    """The forward-pass order of a site: tower layers, projector, LLM input, then per decoder
-    layer its skip (before it runs), its attention mask, its head outputs, its output."""
-    kind = site[0]
-    if kind == "tower":
-        return (0, site[1], 0)
-    if kind == "projector":
-        return (1, 0, 0)
-    if kind == "embeds":
-        return (2, 0, 0)
-    sub = {"skip": 0, "mask": 1, "heads": 2, "layer_out": 3}[kind]
-    return (3, site[1], sub)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "site", Site.parse(self.site))
 
 
 class Intervention:
@@ -97,12 +90,14 @@ class Intervention:
 
     #: False: applies to the prefill (or the single forward) only; True: every generation step.
     every_step: bool = False
+    #: True: the forward it takes part in records gradients (a kind that reads them).
+    needs_grad: bool = False
 
     def hooks(self, vlm: Any) -> list[Hook]:
         raise NotImplementedError
 
     @property
-    def calls(self) -> dict[tuple, int]:
+    def calls(self) -> dict[Site, int]:
         """``{site: number of calls}`` of this intervention's hooks, kept by the executor.
 
         Created on first use, so subclasses need not call ``super().__init__``.
@@ -132,11 +127,11 @@ def causal_mask(batch: int, step: StepInfo, dtype: torch.dtype, device: Any) -> 
     return out.masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def _grouped(hooks: Sequence[Hook]) -> list[tuple[tuple, list[Hook]]]:
-    groups: dict[tuple, list[Hook]] = {}
+def _grouped(hooks: Sequence[Hook]) -> list[tuple[Site, list[Hook]]]:
+    groups: dict[Site, list[Hook]] = {}
     for h in hooks:
         groups.setdefault(h.site, []).append(h)
-    return [(s, sorted(groups[s], key=lambda h: h.rank)) for s in sorted(groups, key=site_order)]
+    return [(s, sorted(groups[s], key=lambda h: h.rank)) for s in sorted(groups, key=lambda s: s.order)]
 
 
 def _mask_dtype(vlm: Any, hidden: torch.Tensor) -> torch.dtype:
@@ -164,12 +159,27 @@ def _run_mask(vlm: Any, sm: SiteMap, layer: int, hooks: list[Hook], step: StepIn
     attn.inputs = (args, {**kwargs, "attention_mask": mask})
 
 
-def _run_value(site: tuple, module_value: Any, hooks: list[Hook], step: StepInfo) -> Any:
+def _run_value(module_value: Any, hooks: list[Hook], step: StepInfo) -> Any:
     value = module_value[0] if isinstance(module_value, tuple) else module_value
     for h in hooks:
         out = h.fn(value, step)
         value = value if out is None else out
     return value
+
+
+def _run_heads(o_proj: Any, hooks: list[Hook], step: StepInfo, n_heads: int, head_dim: int) -> None:
+    """Head hooks get ``o_proj``'s input viewed as ``[batch, query, heads, d]`` and edit it in
+    place; one that returns a tensor of that shape makes it ``o_proj``'s input (a gradient read
+    hands back the view it keeps, so the rest of the forward is computed from that very tensor)."""
+    z = o_proj.input
+    view = z.view(*z.shape[:-1], n_heads, head_dim)
+    replaced = False
+    for h in hooks:
+        out = h.fn(view, step)
+        if out is not None:
+            view, replaced = out, True
+    if replaced:
+        o_proj.input = view.reshape(z.shape)
 
 
 def _counted(iv: Intervention, hook: Hook) -> Hook:
@@ -194,37 +204,21 @@ def run_hooks(vlm: Any, interventions: Sequence[Intervention], step: StepInfo) -
     sm = SiteMap(vlm.family.sites, vlm.model)
     n_heads, head_dim = vlm.n_heads, vlm.head_dim
     for site, group in _grouped(hooks):
-        kind = site[0]
+        kind = site.kind
         if kind == "embeds":
             lm = sm.language_model
             args, kwargs = lm.inputs
-            emb = _run_value(site, kwargs["inputs_embeds"], group, step)
+            emb = _run_value(kwargs["inputs_embeds"], group, step)
             lm.inputs = (args, {**kwargs, "inputs_embeds": emb})
         elif kind == "skip":
-            sm.decoder_layer(site[1]).skip(group[-1].fn(None, step))
+            sm.decoder_layer(site.layer).skip(group[-1].fn(None, step))
         elif kind == "mask":
-            _run_mask(vlm, sm, site[1], group, step)
+            _run_mask(vlm, sm, site.layer, group, step)
         elif kind == "heads":
-            z = sm.o_proj(site[1]).input
-            view = z.view(*z.shape[:-1], n_heads, head_dim)
-            for h in group:
-                h.fn(view, step)
+            _run_heads(sm.o_proj(site.layer), group, step, n_heads, head_dim)
         elif kind == "tower":
-            _run_value(site, sm.vision_layer(site[1]).output, group, step)
+            _run_value(sm.vision_layer(site.layer).output, group, step)
         elif kind == "projector":
-            _run_value(site, sm.projector.output, group, step)
-        elif kind == "layer_out":
-            _run_value(site, sm.decoder_layer(site[1]).output, group, step)
-        else:
-            raise ValueError(f"unknown hook site {site!r}")
-
-
-def hidden_site_key(site: HiddenSite) -> tuple:
-    """The hook site that reads a :class:`~vlmloc.sites.HiddenSite`."""
-    if site.stage == "tower":
-        return ("tower", site.layer)
-    if site.stage == "projector":
-        return ("projector",)
-    if site.layer < 0:
-        return ("embeds",)
-    return ("layer_out", site.layer)
+            _run_value(sm.projector.output, group, step)
+        else:  # layer_out
+            _run_value(sm.decoder_layer(site.layer).output, group, step)

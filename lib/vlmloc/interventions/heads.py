@@ -5,6 +5,8 @@ book's methods page, book/methods.md, chapter 6). The executor hands head hooks 
 as ``[batch, query, heads, head_dim]``; these kinds edit it in place at absolute positions.
 
 - :class:`HeadRead` saves the heads' outputs of chosen layers (the source run of a patch).
+- :class:`HeadGradient` keeps them live in the forward, so the gradient of anything computed
+  from its logits can be taken with respect to them (attribution patching).
 - :class:`HeadPatch` writes a source run's values into chosen heads, row by row: the usual
   patch (row ``b`` from source row ``b``) and the batched sweep (row ``r`` patches one head
   ``(l, h)`` from source row 0) are the same kind.
@@ -23,9 +25,10 @@ from typing import Any
 
 import torch
 
+from ..sites import Site
 from .base import Hook, Intervention, StepInfo
 
-__all__ = ["HeadAblation", "HeadPatch", "HeadRead", "all_heads"]
+__all__ = ["HeadAblation", "HeadGradient", "HeadPatch", "HeadRead", "all_heads"]
 
 Head = tuple[int, int]
 
@@ -55,10 +58,44 @@ class HeadRead(Intervention):
         self.values: dict[int, torch.Tensor] = {}
 
     def hooks(self, vlm: Any) -> list[Hook]:
-        return [Hook(("heads", layer), partial(self._read, layer), rank=1) for layer in self.layers]
+        return [Hook(Site("heads", layer), partial(self._read, layer), rank=1) for layer in self.layers]
 
     def _read(self, layer: int, z: torch.Tensor, step: StepInfo) -> None:
         self.values[layer] = z.reshape(*z.shape[:2], -1).detach().to("cpu", copy=True)
+
+
+class HeadGradient(Intervention):
+    """Holds ``o_proj``'s input of ``layers`` in the forward's graph, for :meth:`gradients`.
+
+    A read that keeps autograd's record: its hook hands the heads' view back to the executor,
+    which makes it ``o_proj``'s input, so everything after it is computed from the held tensor
+    and a gradient reaches it through every later layer. The values are unchanged (a null edit
+    by construction); the door turns autograd on for the forward it takes part in.
+    """
+
+    needs_grad = True
+
+    def __init__(self, layers: Iterable[int]) -> None:
+        self.layers = sorted({int(x) for x in layers})
+        self.held: dict[int, torch.Tensor] = {}  # [batch, seq, heads, head_dim], in the graph
+
+    def hooks(self, vlm: Any) -> list[Hook]:
+        return [Hook(Site("heads", layer), partial(self._hold, layer), rank=1) for layer in self.layers]
+
+    def _hold(self, layer: int, z: torch.Tensor, step: StepInfo) -> torch.Tensor:
+        self.held[layer] = z
+        return z
+
+    @property
+    def values(self) -> dict[int, torch.Tensor]:
+        """The held outputs as ``[batch, seq, heads * head_dim]``, out of the graph (as :class:`HeadRead` has them)."""
+        return {la: z.detach().reshape(*z.shape[:2], -1) for la, z in self.held.items()}
+
+    def gradients(self, f: torch.Tensor) -> dict[int, torch.Tensor]:
+        """``df/dz`` per layer as ``[batch, seq, heads * head_dim]``: the total derivative of the
+        scalar ``f`` (made from this forward's logits) with respect to each held output."""
+        grads = torch.autograd.grad(f, [self.held[la] for la in self.layers])
+        return {la: g.reshape(*g.shape[:2], -1) for la, g in zip(self.layers, grads, strict=True)}
 
 
 class HeadPatch(Intervention):
@@ -86,7 +123,7 @@ class HeadPatch(Intervention):
     def hooks(self, vlm: Any) -> list[Hook]:
         _check_heads(vlm, (x for row in self.patches for x in row))
         layers = sorted({la for row in self.patches for la, _ in row})
-        return [Hook(("heads", la), partial(self._patch, la)) for la in layers]
+        return [Hook(Site("heads", la), partial(self._patch, la)) for la in layers]
 
     def _patch(self, layer: int, z: torch.Tensor, step: StepInfo) -> None:
         src = self.source[layer]
@@ -132,7 +169,7 @@ class HeadAblation(Intervention):
     def hooks(self, vlm: Any) -> list[Hook]:
         _check_heads(vlm, self.heads)
         layers = sorted({la for la, _ in self.heads})
-        return [Hook(("heads", la), partial(self._ablate, la)) for la in layers]
+        return [Hook(Site("heads", la), partial(self._ablate, la)) for la in layers]
 
     def fill(self, layer: int, heads: list[int], current: torch.Tensor) -> torch.Tensor | float:
         """What heads ``heads`` of ``layer`` are set to, given their ``current`` values ``[pos, heads, d]``."""

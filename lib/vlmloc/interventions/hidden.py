@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from ..sites import HiddenSite
-from .base import Hook, Intervention, StepInfo, hidden_site_key
+from ..sites import Site
+from .base import Hook, Intervention, StepInfo
 
 __all__ = ["HiddenStates"]
 
@@ -29,17 +29,15 @@ class HiddenStates(Intervention):
     ``[n_row, hidden]`` tensors.
     """
 
-    def __init__(self, sites: Iterable[str | HiddenSite], positions: Sequence[Any] | None = None) -> None:
-        self.sites = sorted(
-            (s if isinstance(s, HiddenSite) else HiddenSite.parse(s) for s in sites), key=lambda s: s.order
-        )
+    def __init__(self, sites: Iterable[str | Site], positions: Sequence[Any] | None = None) -> None:
+        self.sites = sorted(map(Site.parse, sites), key=lambda s: s.order)
         self.positions = None if positions is None else [torch.as_tensor(p).long() for p in positions]
         self.values: dict[str, Any] = {}
 
     def hooks(self, vlm: Any) -> list[Hook]:
-        return [Hook(hidden_site_key(s), partial(self._read, s), rank=1) for s in self.sites]
+        return [Hook(s, partial(self._read, s), rank=1) for s in self.sites]
 
-    def _read(self, site: HiddenSite, x: torch.Tensor, step: StepInfo) -> None:
+    def _read(self, site: Site, x: torch.Tensor, step: StepInfo) -> None:
         x = x.detach()
         if site.stage == "llm" and self.positions is not None:
             self.values[site.name] = [

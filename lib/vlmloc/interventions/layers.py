@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..sites import Site
 from .base import Hook, Intervention, StepInfo
 
 __all__ = ["LayerSkip"]
@@ -25,7 +26,7 @@ class LayerSkip(Intervention):
         self.rows = rows
 
     def hooks(self, vlm: Any) -> list[Hook]:
-        return [Hook(("skip", layer), self._value(layer)) for layer in sorted(self.outputs)]
+        return [Hook(Site("skip", layer), self._value(layer)) for layer in sorted(self.outputs)]
 
     def _value(self, layer: int):
         def fn(_: Any, step: StepInfo) -> torch.Tensor:

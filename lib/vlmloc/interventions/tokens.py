@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..geometry import ImageLayout, grow_cells
+from ..sites import Site
 from .base import Hook, Intervention
 
 
@@ -47,7 +48,7 @@ class InputEdit(Intervention):
         self.fn = fn
 
     def hooks(self, vlm) -> list[Hook]:
-        return [Hook(("embeds",), lambda emb, step: self.fn(emb))]
+        return [Hook(Site("embeds"), lambda emb, step: self.fn(emb))]
 
 
 def apply_edits(edits: list[TokenEdit | None]):

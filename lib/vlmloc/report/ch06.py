@@ -1,6 +1,7 @@
 """Chapter 6's tables, findings and cost model: what the mediation maps say, beside the paper.
 
-The numbers come from :mod:`vlmloc.experiments.ch06_mediation`; the paper's from :mod:`vlmloc.paper`.
+The numbers come from :mod:`vlmloc.experiments.ch06_mediation` and :mod:`vlmloc.mediation_maps`;
+the paper's from :mod:`vlmloc.paper`.
 
 The findings are one sentence each, with the model named and the paper's number beside ours.
 The cost model (the FLOPs and the memory of the three ways to get every head's MF on the real
@@ -16,15 +17,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..experiments.ch06_mediation import (
-    CHAPTER,
-    MFResult,
-    chance_overlap,
-    overlap,
-    overlap_p_value,
-    sparsity,
-    top_heads,
-)
+from ..experiments.ch06_mediation import CHAPTER
+from ..mediation_maps import MFResult, overlap, top_heads
 from ..paper import (
     MEDIATION_LAYERS,
     MEDIATION_TOP10_OVERLAP,
@@ -44,6 +38,7 @@ from ..plan import (  # the cost model, re-exported under the chapter's names
     toy_cost_table,
 )
 from ..registry import get_spec
+from ..stats import chance_overlap, overlap_p_value, sparsity, spearman
 from .common import chapter_runs
 
 __all__ = [
@@ -66,6 +61,7 @@ __all__ = [
     "paper_layers",
     "paper_model",
     "results_table",
+    "robustness_table",
     "top_table",
     "toy_cost_table",
 ]
@@ -119,6 +115,34 @@ def top_table(results: Mapping[str, MFResult], k: int = 10) -> pd.DataFrame:
         .swaplevel(axis=1)
         .sort_index(axis=1, level=0, sort_remaining=False)
     )
+
+
+def robustness_table(
+    results: Mapping[str, MFResult],
+    kept: Mapping[str, MFResult],
+    other: Mapping[str, MFResult],
+    other_positions: str,
+) -> pd.DataFrame:
+    """Does each task's top-10 survive the median instead of the mean, the reversed pairs kept
+    (``kept``: MF without dropping them) and, when it ran, the other patch setting (``other``)?"""
+    rows = []
+    for task, r in results.items():
+        top = top_heads(r.mean, 10)
+        row = {
+            "task": task,
+            "pairs": len(r.used),
+            "top-10 shared with the median's": len(overlap(top, top_heads(r.median))),
+            "Spearman mean vs median": spearman(r.mean, r.median),
+            "pairs with reversed ones kept": len(kept[task].used),
+            "top-10 shared when they are kept": len(overlap(top, top_heads(kept[task].mean))),
+        }
+        if other:
+            row[f"top-10 shared with patch_positions={other_positions}"] = len(
+                overlap(top, top_heads(other[task].mean, 10))
+            )
+            row[f"Spearman vs {other_positions}"] = spearman(r.mean, other[task].mean)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("task")
 
 
 # --------------------------------------------------------------------------- findings
