@@ -342,3 +342,33 @@ def test_a_digit_in_the_json_key_is_not_a_coordinate():
     tokens = tok.convert_ids_to_tokens(ids)
     assert tokens.count("2") == 3  # bbox_2d's, 302's and 243's
     assert [t for t, m in zip(tokens, mask, strict=True) if m] == list("101493022" + "43")
+
+
+# --- chapter 4: the tower's and the merger's values in token order ----------------------------
+
+
+def test_probes_read_tower_and_merger_values_in_token_order(tiny_qwen):
+    """Chapter 4 gives every image one square (one token grid) and reads the tower blocks and the
+    merger in token order: the merger's values equal the LLM input at the visual positions, and
+    the last block's values, regrouped 2 x 2 and merged, equal the merger's."""
+    from vlmloc.probes import probe_images, read_sites, site_features, site_labels, tower_grid
+    from vlmloc.toys.train import merge_group_order
+
+    vlm = tiny_qwen
+    rng = np.random.default_rng(1)
+    raw = [
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for w, h in ((300, 200), (150, 260))
+    ]
+    images = probe_images(vlm, raw)
+    assert {im.size for im in images} == {(448, 448)}  # the real processor keeps 448 px: 16 x 16 tokens
+    last = f"tower.{vlm.n_vision_layers - 1}"
+    values, layouts = read_sites(vlm, images, [last, "projector", "llm.input"])
+    side = tower_grid(vlm)
+    assert side == 32 and values[last].shape == (2, side * side, values[last].shape[-1])
+    proj = site_features("projector", values["projector"], layouts, side)
+    assert torch.allclose(proj, site_features("llm.input", values["llm.input"], layouts, side), atol=1e-5)
+    groups = values[last][:, torch.as_tensor(merge_group_order(side, side, 2))]
+    with torch.no_grad():
+        merged = vlm.hf.model.visual.merger(groups.reshape(-1, groups.shape[-1]))
+    assert torch.allclose(merged, proj, atol=1e-5)
+    assert len(site_labels("tower", layouts, side).row) == 2 * side * side
