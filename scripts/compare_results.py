@@ -3,30 +3,33 @@
 A restructure must not change what a chapter measures. Run the chapters before and after into
 two folders, then::
 
-    python scripts/compare_results.py BEFORE_RESULTS AFTER_RESULTS
+    python scripts/compare_results.py BEFORE_RESULTS AFTER_RESULTS [--ignore /findings/attribution ...]
 
 It prints each ``<model>/<chapter>.json`` as equal or the paths whose values differ, and exits
 non-zero if any differs or is missing on one side. Wall-clock values (``runtime_s`` and any
-``seconds``) are left out of the comparison.
+``seconds``) are left out of the comparison; ``--ignore PATH`` leaves out more, e.g. a finding
+sentence that quotes a run time.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 #: Keys whose values are wall-clock times: they differ from run to run.
 TIMING_KEYS = {"runtime_s", "seconds"}
 
 
-def differences(a: object, b: object, path: str = "") -> list[str]:
-    """Paths at which ``a`` and ``b`` differ (timing keys skipped)."""
+def differences(a: object, b: object, path: str = "", ignore: frozenset[str] = frozenset()) -> list[str]:
+    """Paths at which ``a`` and ``b`` differ (timing keys and ``ignore`` paths skipped)."""
+    if path in ignore:
+        return []
     if isinstance(a, dict) and isinstance(b, dict):
         out = [f"{path}/{k}: only on one side" for k in sorted(set(a) ^ set(b), key=str)]
         for k in sorted(set(a) & set(b), key=str):
             if k not in TIMING_KEYS:
-                out += differences(a[k], b[k], f"{path}/{k}")
+                out += differences(a[k], b[k], f"{path}/{k}", ignore)
         return out
     if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
@@ -37,7 +40,7 @@ def differences(a: object, b: object, path: str = "") -> list[str]:
     return [] if a == b else [f"{path}: {str(a)[:60]} != {str(b)[:60]}"]
 
 
-def main(before: str, after: str) -> int:
+def main(before: str, after: str, ignore: frozenset[str] = frozenset()) -> int:
     files = {p.relative_to(before) for p in Path(before).glob("*/*.json")}
     files |= {p.relative_to(after) for p in Path(after).glob("*/*.json")}
     bad = 0
@@ -47,7 +50,7 @@ def main(before: str, after: str) -> int:
             print(f"MISSING {rel} ({'after' if a.exists() else 'before'})")
             bad += 1
             continue
-        diff = differences(json.loads(a.read_text()), json.loads(b.read_text()))
+        diff = differences(json.loads(a.read_text()), json.loads(b.read_text()), ignore=ignore)
         print(f"{'equal' if not diff else 'DIFFERS'} {rel}")
         for d in diff[:20]:
             print("   ", d)
@@ -57,4 +60,13 @@ def main(before: str, after: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:3]))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("before")
+    parser.add_argument("after")
+    parser.add_argument(
+        "--ignore", nargs="*", default=[], help="JSON paths to leave out, e.g. /findings/attribution"
+    )
+    a = parser.parse_args()
+    raise SystemExit(main(a.before, a.after, frozenset(a.ignore)))
