@@ -16,7 +16,14 @@ import pandas as pd
 from ..paper import CONTROL_SET, MODELS, RESULTS, SUMMARY_CONDITIONS
 from .common import chapter_runs, number, styled
 
-__all__ = ["collect_summaries", "condition_table", "finding_headline", "found_text", "headline_table", "styled"]
+__all__ = [
+    "collect_summaries",
+    "condition_table",
+    "finding_headline",
+    "found_text",
+    "headline_table",
+    "styled",
+]
 
 
 def collect_summaries(results_dir: str | Path) -> dict[str, dict[str, dict]]:
@@ -49,7 +56,8 @@ def found_text(collected: Mapping[str, Mapping[str, dict]], results_dir: str | P
 
     where = os.path.relpath(Path(results_dir).resolve())
     runs = ", ".join(
-        f"`{m}` ({', '.join(sorted(c for c in chs if not c.startswith('_')))})" for m, chs in sorted(collected.items())
+        f"`{m}` ({', '.join(sorted(c for c in chs if not c.startswith('_')))})"
+        for m, chs in sorted(collected.items())
     )
     return f"Found results of **{len(collected)}** model(s) in `{where}`: " + (runs or "none yet") + "."
 
