@@ -5,7 +5,7 @@ The numbers come from :mod:`vlmloc.experiments.ch06_mediation`; the paper's from
 The findings are one sentence each, with the model named and the paper's number beside ours.
 The cost model (the FLOPs and the memory of the three ways to get every head's MF on the real
 models: exact sweep, exact sweep with the prefix reused, attribution patching) is
-:mod:`vlmloc.plan`'s, re-exported here, so the chapter can say what a run costs on one GPU
+:mod:`vlmloc.gpu_cost`'s, re-exported here, so the chapter can say what a run costs on one GPU
 before anyone starts it.
 """
 
@@ -25,14 +25,7 @@ from ..experiments.ch06_mediation import (
     sparsity,
     top_heads,
 )
-from ..paper import (
-    MEDIATION_LAYERS,
-    MEDIATION_TOP10_OVERLAP,
-    MODELS,
-    N_HEADS,
-    N_LAYERS,
-)
-from ..plan import (  # the cost model, re-exported under the chapter's names
+from ..gpu_cost import (  # the cost model, re-exported under the chapter's names
     GPU,
     H100,
     METHODS,
@@ -42,6 +35,13 @@ from ..plan import (  # the cost model, re-exported under the chapter's names
     geometry_of,
     method_costs,
     toy_cost_table,
+)
+from ..paper import (
+    MEDIATION_LAYERS,
+    MEDIATION_TOP10_OVERLAP,
+    MODELS,
+    N_HEADS,
+    N_LAYERS,
 )
 from ..registry import get_spec
 from .common import chapter_runs
@@ -282,8 +282,6 @@ def finding_attribution(model_id: str, stats: Mapping[str, Mapping], seconds: Ma
         "ratio grows with the number of heads); the paper uses the exact sweep only."
     )
 
-
-# --------------------------------------------------------------------------- cost model
 
 # --------------------------------------------------------------------------- the results page
 
