@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from vlmloc import chapters
+from vlmloc import chapter_registry, chapters
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,7 +126,7 @@ def test_stage_copies_each_chapters_book_model(tmp_path, monkeypatch):
         "03_views", "Views", "q", "t", models=("toy-internvl",), book_model="toy-internvl"
     )
     registry = (*chapters.CHAPTERS[:-1], internvl_only, chapters.CHAPTERS[-1])
-    monkeypatch.setattr(chapters, "CHAPTERS", registry)
+    monkeypatch.setattr(chapter_registry, "CHAPTERS", registry)  # what chapters.stage reads
     runs, book = tmp_path / "runs", tmp_path / "book"
     for c in registry:
         _fake_run(runs, c.name, c.book_model)

@@ -367,7 +367,7 @@ def _assert_stopped_before_the_model(tmp_path: Path, chapter: str, model_id: str
     loading = [i for i, c in enumerate(cells) if "load_model(" in _source(c)]
     assert failing and loading
     assert failing[0] < loading[0], "the check must fail before the model-loading cell"
-    assert "validate_params(" in _source(cells[failing[0]]), (
+    assert "preamble.start(" in _source(cells[failing[0]]), (
         "the validation cell should be the one that raised"
     )
     assert all(c.get("execution_count") is None for c in cells[loading[0] :] if c["cell_type"] == "code")

@@ -22,8 +22,8 @@ import vlmloc
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+from vlmloc import gpu_cost, registry
 from vlmloc import plan as P
-from vlmloc import registry
 from vlmloc.paper import INTERNVL_8B, LLAVA_7B, MEDIATION_PAIRS, N_HEADS, N_LAYERS
 from vlmloc.params import ParameterError, validate_params
 from vlmloc.registry import ModelSpec
@@ -49,8 +49,8 @@ def test_real_shapes_agree_with_the_registry_and_the_paper(model_id):
 def test_real_geometry_counts_internvl_tiles_for_a_coco_image():
     internvl = P.shape_of(INTERNVL_8B)
     assert internvl.views() == 13 and internvl.visual_tokens() == 13 * 256  # 4 x 3 tiles + thumbnail
-    assert P.REAL_GEOMETRIES[INTERNVL_8B].prefix == 5 + 3328
-    assert P.REAL_GEOMETRIES[LLAVA_7B].prefix == 5 + 576
+    assert gpu_cost.REAL_GEOMETRIES[INTERNVL_8B].prefix == 5 + 3328
+    assert gpu_cost.REAL_GEOMETRIES[LLAVA_7B].prefix == 5 + 576
     six = internvl.with_tiles(6)
     assert six.views() == 7 and six.n_params() == internvl.n_params()  # 3 x 2 tiles + thumbnail
 
@@ -183,7 +183,7 @@ def test_the_exact_cma_row_meets_the_chapters_figure():
     minutes by the FLOP count (at the plan's 40% of the dense peak), and the plan's row is chapter 6's
     own cost table."""
     plan = P.plan_model(LLAVA_7B, "h100", chapters=["06_mediation"]).plans[0]
-    table = P.cost_table(P.H100, n_pairs=MEDIATION_PAIRS)
+    table = gpu_cost.cost_table(P.H100, n_pairs=MEDIATION_PAIRS)
     row = table.loc[(P.MODELS[LLAVA_7B], "exact, prefix reused")]
     assert plan.paper_seconds == pytest.approx(row["GPU hours"] * 3600, rel=1e-6)
     ten_minutes_of_flops = 10 * 60 * P.H100.efficiency * P.H100.peak_tflops * 1e12
@@ -216,8 +216,10 @@ def test_the_paper_scale_is_more_work_of_the_same_kind():
 def test_report_ch06_reexports_the_cost_model():
     from vlmloc.report import ch06 as mr
 
-    assert mr.H100 is P.H100 and mr.cost_table is P.cost_table and mr.geometry_of is P.geometry_of
-    assert mr.toy_cost_table is P.toy_cost_table and mr.REAL_GEOMETRIES is P.REAL_GEOMETRIES
+    assert (
+        mr.H100 is P.H100 and mr.cost_table is gpu_cost.cost_table and mr.geometry_of is gpu_cost.geometry_of
+    )
+    assert mr.toy_cost_table is gpu_cost.toy_cost_table and mr.REAL_GEOMETRIES is gpu_cost.REAL_GEOMETRIES
 
 
 # --------------------------------------------------------------------------- dtype

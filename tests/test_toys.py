@@ -38,12 +38,13 @@ def test_qwen_training_logits_equal_the_models_own_forward():
     M-RoPE positions for the prefix and text positions after it from its last one: the logits at
     every answer position equal those of the model's own forward on the processor's inputs."""
     import torch
+    from vlmloc.toys import scenes as toy_scenes
     from vlmloc.toys import train
     from vlmloc.toys.build import BUILDERS
 
     family = "qwen2_5_vl"
     model, processor = BUILDERS[family](seed=4)
-    scenes = train.make_scenes(family, processor, model.config, 6, 5, "scenes")
+    scenes = toy_scenes.make_scenes(family, processor, model.config, 6, 5, "scenes")
     assert len({tuple(s.grid_thw[0].tolist()) for s in scenes}) > 1  # several aspect ratios
     examples = train.build_examples(family, processor, scenes)
     batch = [e for e in examples if len(e.prefix) == len(examples[0].prefix)][:3]
@@ -74,13 +75,14 @@ def test_qwen_training_logits_equal_the_models_own_forward():
 
 def test_qwen_prompts_expand_as_its_processor_does():
     from vlmloc.families import FAMILIES
+    from vlmloc.toys import scenes as toy_scenes
     from vlmloc.toys import train
     from vlmloc.toys.build import BUILDERS
 
     family = "qwen2_5_vl"
     model, processor = BUILDERS[family](seed=0)
     fam = FAMILIES[family]
-    for scene in train.make_scenes(family, processor, model.config, 3, 5, "scenes"):
+    for scene in toy_scenes.make_scenes(family, processor, model.config, 3, 5, "scenes"):
         prompt = fam.chat_prompt(processor, fam.question("localization", scene.objects[0][0]))
         want = processor(images=[scene.image], text=[prompt], return_tensors="pt")["input_ids"][0].tolist()
         n_tokens = sum(v.n_tokens for v in scene.views)
@@ -90,7 +92,7 @@ def test_qwen_prompts_expand_as_its_processor_does():
 
 
 def test_merge_group_order_lists_each_2x2_block_together():
-    from vlmloc.toys.train import merge_group_order
+    from vlmloc.toys.scenes import merge_group_order
 
     assert merge_group_order(2, 4, 2).tolist() == [0, 1, 4, 5, 2, 3, 6, 7]
     assert merge_group_order(3, 3, 1).tolist() == list(range(9))
@@ -157,11 +159,12 @@ def test_shared_prefix_training_logits_equal_full_sequences(family, model_id):
     at every answer position must be those of the full prompt + answer run through the model."""
     import torch
     from vlmloc.families import FAMILIES
+    from vlmloc.toys import scenes as toy_scenes
     from vlmloc.toys import train
 
     vlm = vlmloc.load_model(model_id, device="cpu")
     model, processor = vlm.hf, vlm.processor
-    scenes = train.make_scenes(family, processor, model.config, 6, 5, "scenes")
+    scenes = toy_scenes.make_scenes(family, processor, model.config, 6, 5, "scenes")
     examples = train.build_examples(family, processor, scenes)
     batch = [e for e in examples if len(e.prefix) == len(examples[0].prefix)][:3]
     assert sum(len(e.questions) for e in batch) > len(batch)  # at least one scene shares its prefix
@@ -191,7 +194,7 @@ def test_default_toys_are_weakly_grounded_and_their_twins_precise(model_id):
     The card says so, and toy-llava names its twin as chapter 2's contrast (toy-internvl does not,
     for CI's time)."""
     from vlmloc.registry import get_spec
-    from vlmloc.toys.train import grounding
+    from vlmloc.toys.cards import grounding
 
     card = json.loads((TOY_DIR / model_id / "training.json").read_text())
     want = "precise" if model_id.endswith("-precise") else "weak"
@@ -204,16 +207,16 @@ def test_default_toys_are_weakly_grounded_and_their_twins_precise(model_id):
 def test_weak_targets_are_the_covered_share_of_the_whole_patch():
     """``grounding="weak"`` gives one coverage number per patch, nonzero exactly where a precise
     sub-cell is covered, and near the sub-cells' mean (sub-cells differ in area after rounding)."""
-    from vlmloc.toys import train
+    from vlmloc.toys import scenes as toy_scenes
 
     vlm = vlmloc.load_model("toy-llava", device="cpu")
-    scene = train.make_scenes("llava", vlm.processor, vlm.hf.config, 1, 11, "scene")[0]
+    scene = toy_scenes.make_scenes("llava", vlm.processor, vlm.hf.config, 1, 11, "scene")[0]
     grid, patch = 12, 8
-    assert train.sub_cells(patch, "weak") == 1 and train.sub_cells(patch, "precise") == 4
+    assert toy_scenes.sub_cells(patch, "weak") == 1 and toy_scenes.sub_cells(patch, "precise") == 4
     with pytest.raises(ValueError, match="grounding must be one of"):
-        train.sub_cells(patch, "exact")
-    obj, _, weak = train.patch_targets(scene, grid, train.sub_cells(patch, "weak"))
-    _, _, fine = train.patch_targets(scene, grid, train.sub_cells(patch, "precise"))
+        toy_scenes.sub_cells(patch, "exact")
+    obj, _, weak = toy_scenes.patch_targets(scene, grid, toy_scenes.sub_cells(patch, "weak"))
+    _, _, fine = toy_scenes.patch_targets(scene, grid, toy_scenes.sub_cells(patch, "precise"))
     assert weak.shape[-1] == 1 and fine.shape[-1] == 16
     assert ((weak[..., 0] > 0) == (fine.amax(-1) > 0)).all() and obj.sum() > 0
     assert (weak[..., 0] - fine.mean(-1)).abs().max() < 0.2

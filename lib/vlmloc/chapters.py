@@ -1,9 +1,8 @@
-"""The chapter registry, and the steps that execute chapters and stage them for the book.
+"""The chapters' command line: execute them, stage them for the book, check their mirrors.
 
-:data:`CHAPTERS` is the one list of the book's chapters: the papermill runs, the staging, the
-table-of-contents check, the tests, the chapter map and the README's chapter table all read it.
-Adding a chapter is one :class:`Chapter` entry here, one notebook in ``notebooks/``, one
-experiment module in :mod:`vlmloc.experiments` and one line in ``_toc.yml``.
+The chapters themselves (names, models, parameter schemas) are data in
+:mod:`vlmloc.chapter_registry`; this module re-exports them, so ``vlmloc.chapters.CHAPTERS`` and
+``vlmloc.chapters.get`` keep working, and holds only the steps that act on them.
 
 The book never executes anything itself (``execute_notebooks: off``): it renders copies executed
 beforehand. This module is that step::
@@ -27,14 +26,13 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .registry import UnknownModelError, get_spec
+from .chapter_registry import CHAPTERS, DEFAULT_MODEL, PLANNED, TOYS, Chapter, Planned, get, names, plan
 from .store import model_dirname
 
 __all__ = [
@@ -56,132 +54,7 @@ __all__ = [
     "toc_problems",
 ]
 
-TOYS: tuple[str, ...] = ("toy-llava", "toy-internvl")
-#: The model whose executed chapters the book shows, unless a chapter says otherwise.
-DEFAULT_MODEL = "toy-llava"
 EXECUTION_TIMEOUT = 1200
-
-
-@dataclass(frozen=True)
-class Chapter:
-    """One chapter of the book.
-
-    ``name`` is both the notebook (``notebooks/<name>.ipynb``) and the results file
-    (``<results_dir>/<model>/<name>.json``). ``models`` are what ``run`` executes it on by
-    default; ``book_model`` is the model whose executed copy the book shows (a chapter that
-    applies to one family only, e.g. InternVL's views, runs and is shown on that family's toy).
-    ``experiment`` names its module in :mod:`vlmloc.experiments`, if it has one. ``families``
-    limits the chapter to models of those families (None: every family), so ``--models`` never
-    runs InternVL's views on LLaVA. A chapter that runs ``once`` (the results page, which reads
-    every model) ignores ``--models``.
-    """
-
-    name: str
-    title: str
-    question: str
-    tools: str
-    models: tuple[str, ...] = TOYS
-    book_model: str = DEFAULT_MODEL
-    experiment: str | None = None
-    families: tuple[str, ...] | None = None
-    once: bool = False
-
-    def applies_to(self, model_id: str) -> bool:
-        """Whether the chapter runs on ``model_id``: its family is one of ``families``.
-
-        An unknown id is let through: the notebook's parameter check then says what is wrong.
-        """
-        if self.families is None:
-            return True
-        try:
-            return get_spec(model_id).family in self.families
-        except UnknownModelError:
-            return True
-
-    @property
-    def number(self) -> int | None:
-        """The chapter number of an ``NN_name`` chapter; None for unnumbered pages."""
-        head = self.name.split("_", 1)[0]
-        return int(head) if head.isdigit() else None
-
-
-@dataclass(frozen=True)
-class Planned:
-    """A chapter of the study that has no notebook yet: drawn dashed on the chapter map."""
-
-    number: int
-    title: str
-    question: str
-    tools: str
-
-
-#: The book's chapters in reading order. ``summary`` reads every model's results, so it runs
-#: once, after the others.
-CHAPTERS: tuple[Chapter, ...] = (
-    Chapter(
-        "01_data_and_baselines",
-        "Data and baselines",
-        "Can the model classify and localize at all?",
-        "COCO, IoU, LaMa controls",
-        experiment="ch01_baselines",
-    ),
-    Chapter(
-        "02_containerization",
-        "Containerization",
-        "Which tokens carry the box?",
-        "ablation, padding, shuffle",
-        experiment="ch02_containerization",
-    ),
-    Chapter(
-        "03_views",
-        "Global vs local views",
-        "Which InternVL view carries space?",
-        "view-wise ablation",
-        models=("toy-internvl",),
-        book_model="toy-internvl",
-        experiment="ch03_views",
-        families=("internvl",),
-    ),
-    Chapter(
-        "04_position_decoding",
-        "Position decoding",
-        "Where is the 2-D grid rebuilt?",
-        "linear probes per layer",
-        experiment="ch04_position_decoding",
-    ),
-    Chapter(
-        "05_attention_knockout",
-        "Attention knockout",
-        "Which layers read the object tokens?",
-        "attention knockout",
-        experiment="ch05_attention_knockout",
-    ),
-    Chapter(
-        "06_mediation",
-        "Causal mediation",
-        "Which heads carry the effect?",
-        "activation patching, MF",
-        experiment="ch06_mediation",
-    ),
-    Chapter(
-        "07_head_ablation",
-        "Head ablation",
-        "Does localization need recognition first?",
-        "ablate top heads",
-        experiment="ch07_head_ablation",
-    ),
-    Chapter(
-        "summary",
-        "Results across models",
-        "Toy vs LLaVA vs InternVL, beside the paper",
-        "summary tables",
-        models=(DEFAULT_MODEL,),
-        once=True,
-    ),
-)
-
-#: The study's chapters still to write; an entry moves to :data:`CHAPTERS` with its notebook.
-PLANNED: tuple[Planned, ...] = ()
 
 
 class StageError(RuntimeError):
@@ -199,40 +72,6 @@ def repo_root(start: str | Path | None = None) -> Path:
         f"no repository root (a folder with _toc.yml and notebooks/) above {', '.join(map(str, starts))}; "
         "run this from a clone of the vlmloc repository"
     )
-
-
-def names() -> list[str]:
-    """The registry's chapter names, in reading order."""
-    return [c.name for c in CHAPTERS]
-
-
-def get(name: str) -> Chapter:
-    """The registry entry of chapter ``name``."""
-    for c in CHAPTERS:
-        if c.name == name:
-            return c
-    raise ValueError(f"unknown chapter {name!r}; chapters are: {', '.join(names())}")
-
-
-def plan(chapters: Iterable[str] | None = None, models: Iterable[str] | None = None) -> list[tuple[str, str]]:
-    """The (chapter, model) runs in execution order.
-
-    ``models`` replaces each chapter's default models (chapters that run ``once`` keep theirs;
-    a chapter limited to some families skips the others); ``chapters`` selects chapters by name.
-    Unknown chapter names are an error.
-    """
-    wanted = list(chapters) if chapters else names()
-    unknown = [c for c in wanted if c not in names()]
-    if unknown:
-        raise ValueError(f"unknown chapter(s) {', '.join(unknown)}; chapters are: {', '.join(names())}")
-    models = list(models) if models else None
-    return [
-        (c.name, model)
-        for c in CHAPTERS
-        if c.name in wanted
-        for model in (c.models if (models is None or c.once) else models)
-        if c.once or c.applies_to(model)
-    ]
 
 
 def executed_path(out_dir: str | Path, chapter: str, model_id: str) -> Path:

@@ -3,6 +3,11 @@
 Chapters are run with papermill (``-p name value``). A wrong parameter should stop the first cell
 with one sentence saying what to fix, not an obscure traceback after a 15 GB model download.
 Only keys that are present are checked; unknown keys are ignored so that chapters can add their own.
+
+A chapter declares its parameters as a schema of :class:`Param` entries (in
+:mod:`vlmloc.chapter_registry`): the shared ones are checked here by :func:`validate_params`, a
+chapter's own by a :class:`Rule` (or a function of the same signature); :func:`check_schema` runs
+both, the shared checks first, then the chapter's in schema order.
 """
 
 from __future__ import annotations
@@ -10,11 +15,27 @@ from __future__ import annotations
 import numbers
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEVICES", "DTYPES", "ParameterError", "validate_params"]
+__all__ = [
+    "DEVICES",
+    "DTYPES",
+    "SHARED",
+    "UNCHECKED",
+    "Param",
+    "ParameterError",
+    "Rule",
+    "check_schema",
+    "flag",
+    "int_at_least",
+    "number",
+    "one_of",
+    "positive_int",
+    "validate_params",
+]
 
 DEVICES = frozenset({"cpu", "cuda", "mps", "auto"})
 #: "auto": bfloat16 where the GPU has it, float16 on an older GPU (a T4), float32 on the CPU.
@@ -145,3 +166,98 @@ def validate_params(params: Mapping[str, Any], known_model_ids: Iterable[str]) -
         if name in params:
             check(params[name])
     _check_data(params)
+
+
+# --------------------------------------------------------------------------- chapter schemas
+
+#: A parameter :func:`validate_params` checks under its own name (model_id, n_samples, ...).
+SHARED = "shared"
+#: A parameter nothing checks (the summary page's model_id: it reads every model).
+UNCHECKED = "unchecked"
+
+#: A chapter's own check: ``check(name, value, params)`` raises :class:`ParameterError` or returns.
+Check = Callable[[str, Any, Mapping[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a chapter: what its notebook's ``parameters`` cell sets and how it is checked.
+
+    ``type`` is for people (the registry's table); ``default`` is the notebook's value (a test
+    compares them); ``check`` is :data:`SHARED`, :data:`UNCHECKED` or a :data:`Check`.
+    """
+
+    name: str
+    type: str
+    default: Any
+    check: str | Check = SHARED
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A check as data: ``ok(value)`` holds, or '<name> must be <must>, got <value>; <hint>.' is raised.
+
+    ``hint`` may name the parameter as ``{name}``; without a hint the sentence ends after the value.
+    """
+
+    ok: Callable[[Any], bool]
+    must: str
+    hint: str | None = None
+
+    def __call__(self, name: str, value: Any, params: Mapping[str, Any]) -> None:
+        if not self.ok(value):
+            tail = f"; {self.hint.format(name=name)}" if self.hint else ""
+            raise ParameterError(f"{name} must be {self.must}, got {value!r}{tail}.")
+
+
+def _plain_int(value: Any) -> bool:
+    """An ``int`` and not a ``bool``: what the chapters' own checks have always accepted."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _plain_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def positive_int(example: Any) -> Rule:
+    """A positive integer; the hint passes ``example``."""
+    return Rule(lambda v: _plain_int(v) and v > 0, "a positive integer", f"pass e.g. -p {{name}} {example}")
+
+
+def int_at_least(low: int, example: Any) -> Rule:
+    """An integer >= ``low``."""
+    return Rule(
+        lambda v: _plain_int(v) and v >= low, f"an integer >= {low}", f"pass e.g. -p {{name}} {example}"
+    )
+
+
+def flag(hint: str = "pass e.g. -p {name} True") -> Rule:
+    """True or False."""
+    return Rule(lambda v: isinstance(v, bool), "True or False", hint)
+
+
+def one_of(options: Sequence[str], example: str) -> Rule:
+    """One of ``options``, named as 'a' or 'b'."""
+    return Rule(lambda v: v in options, " or ".join(map(repr, options)), f"pass e.g. -p {{name}} {example}")
+
+
+def number(ok: Callable[[float], bool], must: str, hint: str | None = None) -> Rule:
+    """A number (int or float, not bool) for which ``ok`` holds."""
+    return Rule(lambda v: _plain_number(v) and ok(v), must, hint)
+
+
+def check_schema(
+    schema: Sequence[Param], namespace: Mapping[str, Any], known_model_ids: Iterable[str]
+) -> dict[str, Any]:
+    """Check the values ``namespace`` holds for ``schema``; return them by name.
+
+    The shared parameters go through :func:`validate_params` first (a bad model id or data path
+    stops before anything else), then each chapter check runs in schema order. A parameter the
+    namespace lacks is a bug in the notebook, not in the input, so it raises ``KeyError``.
+    """
+    params = {p.name: namespace[p.name] for p in schema}
+    validate_params({p.name: params[p.name] for p in schema if p.check == SHARED}, known_model_ids)
+    for p in schema:
+        if callable(p.check):
+            p.check(p.name, params[p.name], params)
+    return params

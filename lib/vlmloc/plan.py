@@ -32,7 +32,7 @@ scale (:data:`CHAPTER_DEFAULTS`, :data:`PAPER_SCALE`).
   the bytes moved (weights once per forward, the KV cache each row reads) at the memory bandwidth,
   whichever is slower, plus :attr:`GPU.overhead_s` per traced forward (Python, nnsight, kernel
   launches; each generated token is one forward). Chapter 6's three ways to get every head's MF
-  (:func:`method_costs`) are built from the same passes. Loading the model, LaMa inpainting and the
+  (:func:`vlmloc.gpu_cost.method_costs`) are built from the same passes. Loading the model, LaMa inpainting and the
   probes' own optimizer steps are not counted. It is an estimate to plan a run, not a measurement.
 
 **Counting a chapter** (forwards per object and task, both tasks unless said; greedy answers of
@@ -53,7 +53,7 @@ says fewer):
    toys' do; a real model's 96 images take ~15 GB), and then runs one pass, not ``epochs``.
 5. baseline generation; the image prefix once per batch, then 3 token sets x (``L - window + 1``
    windows + all layers) generations of the prompt after it, from a copy of the cached prefix.
-6. per pair and task: the exact sweep with the prefix reused (:func:`method_costs`); at the
+6. per pair and task: the exact sweep with the prefix reused (:func:`vlmloc.gpu_cost.method_costs`); at the
    defaults also the null check (one full forward per head for one pair, and the batched sweep),
    ``n_control_pairs`` mismatched sweeps, the sweep at the other ``patch_positions`` (``"all"``: a
    full forward per head) and attribution patching.
@@ -94,7 +94,6 @@ __all__ = [
     "PAPER_SCALE",
     "PLAN_IMAGE",
     "REAL_CONFIGS",
-    "REAL_GEOMETRIES",
     "RESERVE_GIB",
     "ChapterPlan",
     "DTypeError",
@@ -107,10 +106,7 @@ __all__ = [
     "chapter_passes",
     "check_fits",
     "choose_dtype",
-    "cost_table",
-    "geometry_of",
     "internvl_tiles",
-    "method_costs",
     "pass_seconds",
     "plan_chapter",
     "plan_model",
@@ -119,7 +115,6 @@ __all__ = [
     "shape_from_config",
     "shape_of",
     "sweep_passes",
-    "toy_cost_table",
 ]
 
 GIB = 2**30
@@ -352,7 +347,7 @@ class ModelShape:
     # --- FLOPs ----------------------------------------------------------------------------------
     def vision_flops(self, views: int, visual_tokens: int) -> float:
         """Tower (every view) and projector FLOPs of one image."""
-        return _tower_flops(
+        return tower_flops(
             self.vision_layers, self.tower_tokens, self.vision_width, self.vision_ffn, views
         ) + (2 * visual_tokens * (self.projector_in * self.hidden + self.hidden * self.hidden))
 
@@ -499,34 +494,9 @@ class Geometry:
         return tokens * (self.vocab + 2 * self.ffn + 6 * self.hidden) * self.dtype_bytes
 
 
-def _tower_flops(layers: int, tokens: int, hidden: int, ffn: int, views: int) -> float:
+def tower_flops(layers: int, tokens: int, hidden: int, ffn: int, views: int) -> float:
     per_layer = 2 * tokens * (4 * hidden * hidden + 2 * hidden * ffn) + 4 * tokens * tokens * hidden
     return views * layers * per_layer
-
-
-#: LLaVA-1.5-7B and InternVL-3.5-8B in half precision (chapter 6's cost table): from
-#: :data:`REAL_CONFIGS`, InternVL with the 12 tiles + thumbnail of a 640x480 image (3,328 tokens).
-REAL_GEOMETRIES: dict[str, Geometry] = {
-    m: shape_from_config(m, REAL_CONFIGS[m]).geometry(2) for m in (LLAVA_7B, INTERNVL_8B)
-}
-
-
-def geometry_of(vlm: Any, prefix: int, suffix: Mapping[str, int], views: int = 1) -> Geometry:
-    """A loaded model's geometry (from its config) with token counts measured on its inputs."""
-    tc, vc = vlm.config.text_config, vlm.config.vision_config
-    n_params = sum(p.numel() for p in vlm.hf.parameters())
-    side = int(vc.image_size[0] if isinstance(vc.image_size, list | tuple) else vc.image_size)
-    patch = int(vc.patch_size[0] if isinstance(vc.patch_size, list | tuple) else vc.patch_size)
-    tokens = (side // patch) ** 2 + 1
-    return Geometry(
-        vlm.model_id, layers=vlm.n_layers, heads=vlm.n_heads,
-        kv_heads=int(getattr(tc, "num_key_value_heads", None) or vlm.n_heads), hidden=int(tc.hidden_size),
-        head_dim=vlm.head_dim, ffn=int(tc.intermediate_size), vocab=int(tc.vocab_size), prefix=prefix,
-        suffix=dict(suffix),
-        vision_flops=_tower_flops(int(vc.num_hidden_layers), tokens, int(vc.hidden_size), int(vc.intermediate_size), views),
-        weight_bytes=n_params * next(vlm.hf.parameters()).element_size(),
-        dtype_bytes=next(vlm.hf.parameters()).element_size(),
-    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- passes
@@ -682,83 +652,6 @@ def pass_seconds(g: Geometry, p: Pass, gpu: GPU, dtype: str = "float16", vision_
         step_reads = g.weight_bytes + p.batch * g.kv_bytes(mid)
         t += gpu.seconds(n * p.new_tokens * g.decoder_flops(1, int(mid)), steps * step_reads, steps, dtype)
     return t
-
-
-def _sweep_batch(g: Geometry, method: str, task: str, gpu: GPU | None, shape: ModelShape | None) -> int:
-    """The largest batch of a sweep's head rows the GPU holds (every head at once without a GPU)."""
-    if method == "attribution patching":
-        return 1
-    if gpu is None:
-        return g.n_heads_total
-    free = gpu.usable_bytes - g.weight_bytes
-    if shape is None:  # a bare geometry: each row holds its KV cache and its activations
-        total = g.prefix + g.suffix[task]
-        per_row = g.kv_bytes(total) + g.act_bytes(total if method == "exact sweep" else g.suffix[task])
-        return max(1, min(g.n_heads_total, int(free // per_row)))
-
-    def fits(b: int) -> bool:
-        passes = sweep_passes(g, method, 1, task, b)
-        return max(row_bytes(shape, p, g.dtype_bytes).total * p.batch for p in passes) <= free
-
-    return max(1, _largest(fits, g.n_heads_total))
-
-
-def method_costs(
-    g: Geometry,
-    gpu: GPU | None,
-    n_pairs: int = MEDIATION_PAIRS,
-    tasks: Sequence[str] = TASKS,
-    shape: ModelShape | None = None,
-) -> list[dict]:
-    """FLOPs, batch and (with a ``gpu``) estimated time of the three methods for ``n_pairs`` pairs x ``tasks``.
-
-    The passes are :func:`sweep_passes`'; the batch is the largest the GPU's memory holds by
-    :func:`row_bytes` (with the model's ``shape``), every head at once without a GPU.
-    """
-    out = []
-    for method in METHODS:
-        flops, forwards, seconds, batch = 0.0, 0, 0.0, 1
-        for task in tasks:
-            passes = sweep_passes(g, method, n_pairs, task, _sweep_batch(g, method, task, gpu, shape))
-            batch = max(p.batch for p in passes)
-            flops += sum(p.groups * p.rows * pass_flops(g, p) for p in passes)
-            forwards += sum(p.calls for p in passes)
-            if gpu is not None:
-                seconds += sum(pass_seconds(g, p, gpu) for p in passes)
-        entry = {
-            "model": g.name,
-            "method": method,
-            "TFLOP": flops / 1e12,
-            "batch": batch,
-            "forwards": forwards,
-        }
-        if gpu is not None:
-            entry["GPU hours"] = seconds / 3600
-        out.append(entry)
-    return out
-
-
-def cost_table(gpu: GPU = H100, n_pairs: int = MEDIATION_PAIRS) -> Any:
-    """Estimated cost of each method for ``n_pairs`` pairs x 2 tasks on the real models, one ``gpu``."""
-    import pandas as pd
-
-    rows = [r for m, g in REAL_GEOMETRIES.items() for r in method_costs(g, gpu, n_pairs, shape=shape_of(m))]
-    return pd.DataFrame(rows).set_index(["model", "method"])
-
-
-def toy_cost_table(toy: Geometry, measured: Mapping[str, float], n_pairs: int, batch: int) -> Any:
-    """The toy's FLOPs per method beside the seconds this run measured (CPU), and the rate they imply."""
-    import pandas as pd
-
-    rows = []
-    for r in method_costs(toy, None, n_pairs):
-        sec = measured.get(r["method"])
-        # as run here: the plain sweep was timed one head per forward, the prefix-reusing one batches a layer
-        r["batch"] = min(batch, toy.heads) if "prefix" in r["method"] else 1
-        r["measured s"] = sec
-        r["GFLOP/s"] = r["TFLOP"] * 1e3 / sec if sec else float("nan")
-        rows.append(r)
-    return pd.DataFrame(rows).set_index(["model", "method"])
 
 
 # --------------------------------------------------------------------------- chapters
@@ -1117,7 +1010,7 @@ def plan_chapter(
         ].total
 
     label, costs = _peak(shape, chapter_passes(shape, chapter, params, d), d, attn)
-    largest = _largest(lambda x: need(x) <= free)
+    largest = largest_fitting(lambda x: need(x) <= free)
     seconds = paper = None
     if timed:
         g = shape.geometry(d)
@@ -1133,7 +1026,7 @@ def plan_chapter(
     )
 
 
-def _largest(ok: Callable[[int], bool], cap: int = 1024) -> int:
+def largest_fitting(ok: Callable[[int], bool], cap: int = 1024) -> int:
     """The largest batch in 1..cap for which ``ok`` holds (memory grows with the batch); 0 if none."""
     if not ok(1):
         return 0

@@ -13,13 +13,14 @@ set is built by :mod:`vlmloc.control_set`; tables and findings are in :mod:`vlml
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..evaluate import summarize
 from ..families import Task
 from ..metrics import THRESHOLDS
 from .base import Experiment
 
-__all__ = ["Baselines", "baseline_summary"]
+__all__ = ["Baselines", "baseline_summary", "chapter_summary"]
 
 
 def baseline_summary(records: Mapping[Task, Sequence[dict]]) -> dict:
@@ -51,3 +52,26 @@ class Baselines(Experiment):
     def summary(self) -> dict:
         """:func:`baseline_summary` of the records (run :meth:`baseline_records` first)."""
         return baseline_summary(self.task_records("baseline"))
+
+
+def chapter_summary(
+    model_id: str,
+    config: Mapping,
+    n_samples: int,
+    baseline: Mapping,
+    by_size: Any,
+    control_set: Mapping,
+) -> dict:
+    """The chapter's summary JSON: the run's keys (from its record ``config``), the baseline, by size, the control set.
+
+    ``n_samples`` is the objects evaluated (fewer than asked when the data holds fewer);
+    ``by_size`` is :meth:`Baselines.by_size`'s table.
+    """
+    return dict(
+        model_id=model_id, weights=config["model"], dtype=config["dtype"], data=config["data"],
+        n_samples=n_samples, seed=config["seed"],
+        baseline={k: baseline[k] for k in ("loc", "loc_se", "cls", "cls_se", "iou@0.5", "iou@0.7", "iou@0.9",
+                                           "mean_iou", "unparsable", "n")},
+        by_size=by_size.reset_index().to_dict(orient="records"),
+        control_set=dict(control_set),
+    )  # fmt: skip

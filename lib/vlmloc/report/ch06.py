@@ -6,7 +6,7 @@ the paper's from :mod:`vlmloc.paper`.
 The findings are one sentence each, with the model named and the paper's number beside ours.
 The cost model (the FLOPs and the memory of the three ways to get every head's MF on the real
 models: exact sweep, exact sweep with the prefix reused, attribution patching) is
-:mod:`vlmloc.plan`'s, re-exported here, so the chapter can say what a run costs on one GPU
+:mod:`vlmloc.gpu_cost`'s, re-exported here, so the chapter can say what a run costs on one GPU
 before anyone starts it.
 """
 
@@ -26,7 +26,7 @@ from ..paper import (
     N_HEADS,
     N_LAYERS,
 )
-from ..plan import (  # the cost model, re-exported under the chapter's names
+from ..gpu_cost import (  # the cost model, re-exported under the chapter's names
     GPU,
     H100,
     METHODS,
@@ -306,8 +306,6 @@ def finding_attribution(model_id: str, stats: Mapping[str, Mapping], seconds: Ma
         "ratio grows with the number of heads); the paper uses the exact sweep only."
     )
 
-
-# --------------------------------------------------------------------------- cost model
 
 # --------------------------------------------------------------------------- the results page
 

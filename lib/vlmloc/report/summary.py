@@ -16,7 +16,14 @@ import pandas as pd
 from ..paper import CONTROL_SET, MODELS, RESULTS, SUMMARY_CONDITIONS
 from .common import chapter_runs, number, styled
 
-__all__ = ["collect_summaries", "condition_table", "finding_headline", "headline_table", "styled"]
+__all__ = [
+    "collect_summaries",
+    "condition_table",
+    "finding_headline",
+    "found_text",
+    "headline_table",
+    "styled",
+]
 
 
 def collect_summaries(results_dir: str | Path) -> dict[str, dict[str, dict]]:
@@ -41,6 +48,18 @@ def collect_summaries(results_dir: str | Path) -> dict[str, dict[str, dict]]:
         model = str(doc.get("model_id") or path.parent.name)
         out.setdefault(model, {})[path.stem] = doc
     return out
+
+
+def found_text(collected: Mapping[str, Mapping[str, dict]], results_dir: str | Path) -> str:
+    """One line for the page's top: how many models have results in ``results_dir``, and which chapters."""
+    import os
+
+    where = os.path.relpath(Path(results_dir).resolve())
+    runs = ", ".join(
+        f"`{m}` ({', '.join(sorted(c for c in chs if not c.startswith('_')))})"
+        for m, chs in sorted(collected.items())
+    )
+    return f"Found results of **{len(collected)}** model(s) in `{where}`: " + (runs or "none yet") + "."
 
 
 def _loc_cls(entry: Any) -> tuple[float | None, float | None, float | None, float | None]:
