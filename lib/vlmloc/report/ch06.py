@@ -18,14 +18,6 @@ import numpy as np
 import pandas as pd
 
 from ..experiments.ch06_mediation import CHAPTER
-from ..mediation_maps import MFResult, overlap, top_heads
-from ..paper import (
-    MEDIATION_LAYERS,
-    MEDIATION_TOP10_OVERLAP,
-    MODELS,
-    N_HEADS,
-    N_LAYERS,
-)
 from ..gpu_cost import (  # the cost model, re-exported under the chapter's names
     GPU,
     H100,
@@ -36,6 +28,14 @@ from ..gpu_cost import (  # the cost model, re-exported under the chapter's name
     geometry_of,
     method_costs,
     toy_cost_table,
+)
+from ..mediation_maps import MFResult, overlap, top_heads
+from ..paper import (
+    MEDIATION_LAYERS,
+    MEDIATION_TOP10_OVERLAP,
+    MODELS,
+    N_HEADS,
+    N_LAYERS,
 )
 from ..registry import get_spec
 from ..stats import chance_overlap, overlap_p_value, sparsity, spearman
