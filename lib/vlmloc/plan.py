@@ -37,7 +37,7 @@ scale (:data:`CHAPTER_DEFAULTS`, :data:`PAPER_SCALE`).
 
 **Counting a chapter** (forwards per object and task, both tasks unless said; greedy answers of
 24 tokens; InternVL sees a 640x480 COCO image as 12 tiles + the thumbnail unless ``max_tiles``
-says fewer):
+says fewer, Qwen2.5-VL as one view resized to 644x476 px, 23 x 17 = 391 tokens):
 
 1. baseline generation; the control set's classification of each inpainted image (counted for
    every object: an upper bound).
@@ -51,6 +51,8 @@ says fewer):
    model in GPU memory, built on the CPU first (host RAM holds a full copy). Counted streamed: the
    chapter keeps a copy's training activations instead when they fit ``control_cache_mb`` (the
    toys' do; a real model's 96 images take ~15 GB), and then runs one pass, not ``epochs``.
+   Qwen2.5-VL's chapter resizes every image to one 448 px square (256 tokens); the plan counts
+   the 640x480 image (391), an upper bound.
 5. baseline generation; the image prefix once per batch, then 3 token sets x (``L - window + 1``
    windows + all layers) generations of the prompt after it, from a copy of the cached prefix.
 6. per pair and task: the exact sweep with the prefix reused (:func:`method_costs`); at the
@@ -229,14 +231,20 @@ _LLAVA_15: dict[str, Any] = {
     "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
                       "num_attention_heads": 16, "image_size": 336, "patch_size": 14},
 }  # fmt: skip
+#: Qwen2.5-VL's processor settings (its released preprocessor_config.json), also where a config has none.
+QWEN_MIN_PIXELS, QWEN_MAX_PIXELS = 56 * 56, 28 * 28 * 16384
 #: Qwen2.5-VL's tower beside its decoder (the same for 3B and 7B, but for the width it hands on),
 #: laid out as the released config.json is: the text fields at the top level. ``min_pixels`` and
-#: ``max_pixels`` are its processor's settings (preprocessor_config.json).
+#: ``max_pixels`` are its processor's settings.
 _QWEN_VISION: dict[str, Any] = {
     "depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "patch_size": 14,
     "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
 }  # fmt: skip
-_QWEN_25_VL: dict[str, Any] = {"model_type": "qwen2_5_vl", "min_pixels": 3136, "max_pixels": 12845056}
+_QWEN_25_VL: dict[str, Any] = {
+    "model_type": "qwen2_5_vl",
+    "min_pixels": QWEN_MIN_PIXELS,
+    "max_pixels": QWEN_MAX_PIXELS,
+}
 REAL_CONFIGS: dict[str, dict[str, Any]] = {
     LLAVA_7B: {
         **_LLAVA_15,
@@ -311,10 +319,6 @@ def qwen_resized(
 
 def _side(v: Any) -> int:
     return int(v[0] if isinstance(v, list | tuple) else v)
-
-
-#: Qwen2.5-VL's processor settings where a config has none (its released preprocessor_config.json).
-QWEN_MIN_PIXELS, QWEN_MAX_PIXELS = 56 * 56, 28 * 28 * 16384
 
 
 @dataclass(frozen=True)
