@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 
 TINY_LLAVA = "tiny-llava-test"
 TINY_INTERNVL = "tiny-internvl-test"
+TINY_QWEN = "tiny-qwen-test"
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +39,17 @@ def tiny_internvl(tmp_path_factory):
 
     save_tiny("internvl", tmp_path_factory.mktemp("tiny-internvl"), model_id=TINY_INTERNVL)
     return vlmloc.load_model(TINY_INTERNVL, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory):
+    """A tiny random Qwen2.5-VL look-alike (14 px patches merged 2 x 2, the release's min/max pixels,
+    112 px attention windows), float32 on the CPU."""
+    import vlmloc
+    from vlmloc.testing import save_tiny
+
+    save_tiny("qwen2_5_vl", tmp_path_factory.mktemp("tiny-qwen"), model_id=TINY_QWEN)
+    return vlmloc.load_model(TINY_QWEN, device="cpu")
 
 
 @pytest.fixture(scope="session", params=["llava", "internvl"])

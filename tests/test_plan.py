@@ -70,6 +70,50 @@ def test_internvl_tile_count_is_the_processors(tiny_internvl, max_tiles, size):
     assert enc["pixel_values"].shape[0] == shape.views(size)
 
 
+def test_qwen_shapes_count_transformers_own_model():
+    """The released configs' layout (text fields at the top level) builds the real models on the
+    meta device (no weights): the plan counts their parameters exactly, and a 640x480 image is
+    644x476 px, 46 x 34 patches, 23 x 17 = 391 tokens."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    for model_id in (P.QWEN_3B, P.QWEN_7B):
+        with torch.device("meta"):
+            model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**P.REAL_CONFIGS[model_id]))
+        shape = P.shape_of(model_id)
+        assert shape.n_params() == sum(p.numel() for p in model.parameters()), model_id
+        assert shape.projector_params() == sum(p.numel() for p in model.model.visual.merger.parameters())
+        assert shape.grid() == (34, 46) and shape.patches() == 1564 and shape.visual_tokens() == 391
+    assert gpu_cost.REAL_GEOMETRIES[LLAVA_7B].prefix == 5 + 576  # the others' unchanged
+
+
+@pytest.mark.parametrize("size", [(640, 480), (300, 900), (1000, 200), (2000, 3000)])
+def test_qwen_window_attention_is_transformers_partition(size):
+    """Query-key pairs of the tower: 4 blocks of full attention, 28 within each window, the windows
+    as transformers' own ``get_vision_window_index`` cuts the patch grid (``cu_window_seqlens``)."""
+    from transformers.vision_utils import get_vision_window_index
+
+    shape = P.shape_of(P.QWEN_7B)
+    rows, cols = shape.grid(size)
+    _, cu = get_vision_window_index(torch.tensor([[1, rows, cols]]), shape.merge, shape.window, shape.patch)
+    windows = int(((cu[1:] - cu[:-1]).long() ** 2).sum())
+    n = rows * cols
+    assert shape.tower_attention(size) == 4 * n * n + 28 * windows
+    assert windows < n * n / 10  # 8 x 8-patch windows: the 28 blocks cost a fraction of full attention
+
+
+@pytest.mark.parametrize("size", [P.PLAN_IMAGE, (300, 900), (1000, 200)])
+def test_qwen_tokens_and_parameters_are_the_tiny_models(tiny_qwen, size):
+    """The tiny Qwen2.5-VL at the real geometry: its saved config and processor settings give a
+    shape with its exact parameter count, and the processor's image tokens, grid and pixel values."""
+    shape = P.shape_of(tiny_qwen.model_id)
+    assert (shape.min_pixels, shape.max_pixels) == (56 * 56, 28 * 28 * 16384)
+    assert shape.n_params() == sum(p.numel() for p in tiny_qwen.hf.parameters())
+    enc = tiny_qwen.encode([Image.new("RGB", size)], [tiny_qwen.prompt("classification")])
+    assert int((enc["input_ids"] == tiny_qwen.image_token_id).sum()) == shape.visual_tokens(size)
+    assert enc["image_grid_thw"].tolist() == [[1, *shape.grid(size)]]
+    assert enc["pixel_values"].numel() == shape.pixel_values(size)
+
+
 # --------------------------------------------------------------------------- calibration
 
 
@@ -106,7 +150,7 @@ def _nbytes(tensors) -> int:
 def _calibrate(vlm, batch: int = 2, new_tokens: int = 6) -> dict[str, tuple[float, float]]:
     """``{what: (measured bytes, planned bytes)}`` of one model at the real geometry (float32, CPU)."""
     from vlmloc.experiments.ch04_position_decoding import hidden_sites
-    from vlmloc.probes import activation_bytes, read_sites
+    from vlmloc.probes import activation_bytes, probe_images, read_sites
 
     shape = P.shape_of(vlm.model_id)
     images = [Image.new("RGB", P.PLAN_IMAGE, (110, 60, 20 + 40 * i)) for i in range(batch)]
@@ -134,19 +178,23 @@ def _calibrate(vlm, batch: int = 2, new_tokens: int = 6) -> dict[str, tuple[floa
         live = LiveBytes()
         with live:  # chapter 4's read: one forward that keeps every site (its inputs made inside)
             values, _ = read_sites(vlm, images, sites)
-        read_tokens = vlm.encode(images, [vlm.prompt("classification")] * batch)["input_ids"].shape[1]
-        read = P.row_bytes(shape, P.Pass("read", batch, batch, read_tokens, logits="none", kept="all"), 4)
+        probed = probe_images(vlm, images)  # Qwen2.5-VL's probes see one square; the others the image
+        read_tokens = vlm.encode(probed, [vlm.prompt("classification")] * batch)["input_ids"].shape[1]
+        read_pass = P.Pass("read", batch, batch, read_tokens, logits="none", kept="all")
+        read = P.row_bytes(shape, read_pass, 4, image_size=probed[0].size)
         out["hidden states kept"] = (activation_bytes(values), read.kept * batch)
         out["working set of a read"] = (live.peak, read.total * batch)
     return out
 
 
-def test_memory_model_matches_what_the_tiny_models_allocate(tiny_vlm, capsys):
+@pytest.mark.parametrize("family", ["llava", "internvl", "qwen"])
+def test_memory_model_matches_what_the_tiny_models_allocate(family, request, capsys):
+    vlm = request.getfixturevalue(f"tiny_{family}")
     ratios = {}
-    for what, (measured, planned) in _calibrate(tiny_vlm).items():
+    for what, (measured, planned) in _calibrate(vlm).items():
         ratios[what] = planned / measured
     with capsys.disabled():
-        print(f"\n{tiny_vlm.model_id}: planned / measured bytes, 2 images of 640x480, float32 on the CPU")
+        print(f"\n{vlm.model_id}: planned / measured bytes, 2 images of 640x480, float32 on the CPU")
         for what, r in ratios.items():
             print(f"  {what:>28}: {r:.2f}")
     # counted exactly: parameters, the cache and the kept states follow from the config
@@ -402,6 +450,22 @@ def test_the_plan_command_prints_every_chapter_of_the_family(capsys):
     out = capsys.readouterr().out
     assert "03_views" not in out and "float16" in out  # InternVL's views only; the T4 has no bfloat16
     assert P.main([LLAVA_7B, "--gpu", "t4", "--dtype", "bfloat16"]) == 2
+
+
+def test_qwen_is_planned_for_every_chapter_but_internvls_views(fake_gpu, monkeypatch, capsys):
+    assert P.main([P.QWEN_3B, "--gpu", "h100"]) == 0
+    out = capsys.readouterr().out
+    assert "Qwen2.5-VL-3B on H100" in out and "resized to 644x476 = 391 visual tokens" in out
+    assert "03_views" not in out
+    assert all(c in out for c in P.CHAPTER_DEFAULTS if c != "03_views")
+    fake_gpu("Tesla T4", (7, 5))
+    monkeypatch.setattr(P, "_detected_gpu", lambda device: P.GPUS["t4"])
+    table = P.check_fits(P.QWEN_3B, "01_data_and_baselines", device="cuda", dtype="auto", batch_size=16)
+    assert table.fits and table.dtype == "float16"
+    with pytest.raises(P.PlanError) as info:  # 15.4 GiB of weights in float16 on a T4
+        P.check_fits(P.QWEN_7B, "01_data_and_baselines", device="cuda", dtype="auto", batch_size=16)
+    _one_sentence(str(info.value))
+    assert "Qwen2.5-VL-7B in float16" in str(info.value) and "such as an L4" in str(info.value)
 
 
 def _parameters(notebook: Path) -> dict:

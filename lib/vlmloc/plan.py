@@ -37,7 +37,7 @@ scale (:data:`CHAPTER_DEFAULTS`, :data:`PAPER_SCALE`).
 
 **Counting a chapter** (forwards per object and task, both tasks unless said; greedy answers of
 24 tokens; InternVL sees a 640x480 COCO image as 12 tiles + the thumbnail unless ``max_tiles``
-says fewer):
+says fewer, Qwen2.5-VL as one view resized to 644x476 px, 23 x 17 = 391 tokens):
 
 1. baseline generation; the control set's classification of each inpainted image (counted for
    every object: an upper bound).
@@ -51,6 +51,8 @@ says fewer):
    model in GPU memory, built on the CPU first (host RAM holds a full copy). Counted streamed: the
    chapter keeps a copy's training activations instead when they fit ``control_cache_mb`` (the
    toys' do; a real model's 96 images take ~15 GB), and then runs one pass, not ``epochs``.
+   Qwen2.5-VL's chapter resizes every image to one 448 px square (256 tokens); the plan counts
+   the 640x480 image (391), an upper bound.
 5. baseline generation; the image prefix once per batch, then 3 token sets x (``L - window + 1``
    windows + all layers) generations of the prompt after it, from a copy of the cached prefix.
 6. per pair and task: the exact sweep with the prefix reused (:func:`vlmloc.gpu_cost.method_costs`); at the
@@ -93,6 +95,8 @@ __all__ = [
     "PAPER_OBJECTS",
     "PAPER_SCALE",
     "PLAN_IMAGE",
+    "QWEN_3B",
+    "QWEN_7B",
     "REAL_CONFIGS",
     "RESERVE_GIB",
     "ChapterPlan",
@@ -130,8 +134,12 @@ PLAN_IMAGE = (640, 480)
 MEMORY_ENV = "VLMLOC_MEMORY_GB"
 
 LLAVA_13B = "llava-hf/llava-1.5-13b-hf"
-#: Display names: the paper's models and LLaVA-1.5-13B.
-NAMES: dict[str, str] = {**MODELS, LLAVA_13B: "LLaVA-1.5-13B"}
+QWEN_3B = "Qwen/Qwen2.5-VL-3B-Instruct"
+QWEN_7B = "Qwen/Qwen2.5-VL-7B-Instruct"
+#: Display names: the paper's models, LLaVA-1.5-13B and the two Qwen2.5-VL models.
+NAMES: dict[str, str] = {
+    **MODELS, LLAVA_13B: "LLaVA-1.5-13B", QWEN_3B: "Qwen2.5-VL-3B", QWEN_7B: "Qwen2.5-VL-7B"
+}  # fmt: skip
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -218,6 +226,20 @@ _LLAVA_15: dict[str, Any] = {
     "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
                       "num_attention_heads": 16, "image_size": 336, "patch_size": 14},
 }  # fmt: skip
+#: Qwen2.5-VL's processor settings (its released preprocessor_config.json), also where a config has none.
+QWEN_MIN_PIXELS, QWEN_MAX_PIXELS = 56 * 56, 28 * 28 * 16384
+#: Qwen2.5-VL's tower beside its decoder (the same for 3B and 7B, but for the width it hands on),
+#: laid out as the released config.json is: the text fields at the top level. ``min_pixels`` and
+#: ``max_pixels`` are its processor's settings.
+_QWEN_VISION: dict[str, Any] = {
+    "depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "patch_size": 14,
+    "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
+}  # fmt: skip
+_QWEN_25_VL: dict[str, Any] = {
+    "model_type": "qwen2_5_vl",
+    "min_pixels": QWEN_MIN_PIXELS,
+    "max_pixels": QWEN_MAX_PIXELS,
+}
 REAL_CONFIGS: dict[str, dict[str, Any]] = {
     LLAVA_7B: {
         **_LLAVA_15,
@@ -238,16 +260,32 @@ REAL_CONFIGS: dict[str, dict[str, Any]] = {
         "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
                           "num_attention_heads": 16, "image_size": [448, 448], "patch_size": [14, 14]},
     },
+    QWEN_3B: {
+        **_QWEN_25_VL, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+        "num_attention_heads": 16, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
+        "vision_config": {**_QWEN_VISION, "out_hidden_size": 2048},
+    },
+    QWEN_7B: {
+        **_QWEN_25_VL, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+        "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False,
+        "vision_config": {**_QWEN_VISION, "out_hidden_size": 3584},
+    },
 }  # fmt: skip
 
 #: Text tokens around the image, per family: before it (chat template), the prompt after it per
-#: task, and the teacher-forced answer (a class name; LLaVA's ``[x, y, x, y]`` or InternVL's
-#: ``<ref>..</ref><box>[[..]]</box>``), counted with the real tokenizers for a short class name.
+#: task, and the teacher-forced answer (a class name; LLaVA's ``[x, y, x, y]``, InternVL's
+#: ``<ref>..</ref><box>[[..]]</box>`` or Qwen2.5-VL's ``[{"bbox_2d": [..], "label": ..}]``), counted
+#: with the real tokenizers for a short class name. Qwen2.5-VL's are the pieces of its tokenizer's
+#: split pattern (one token each; digits one by one): 15 before the image (the default system
+#: message, ``<|im_start|>user\n<|vision_start|>``), ``<|vision_end|>`` + the question +
+#: ``<|im_end|>\n<|im_start|>assistant\n`` after it, and a box of three-digit pixel coordinates.
 TEXT_TOKENS: dict[str, dict[str, Any]] = {
     "llava": {"before": 5, "prompt": {"classification": 12, "localization": 26},
               "answer": {"classification": 3, "localization": 24}},
     "internvl": {"before": 5, "prompt": {"classification": 14, "localization": 28},
                  "answer": {"classification": 3, "localization": 28}},
+    "qwen2_5_vl": {"before": 15, "prompt": {"classification": 13, "localization": 21},
+                   "answer": {"classification": 3, "localization": 31}},
 }  # fmt: skip
 TASKS = ("classification", "localization")
 MAX_NEW_TOKENS = 24
@@ -262,6 +300,18 @@ def internvl_tiles(image_size: tuple[int, int], max_tiles: int, tile: int = 448,
     return cols * rows
 
 
+def qwen_resized(
+    image_size: tuple[int, int], factor: int, min_pixels: int, max_pixels: int
+) -> tuple[int, int]:
+    """Qwen2.5-VL's ``(width, height)`` for an image ``(width, height)``: the processor's own
+    ``smart_resize`` (multiples of ``factor`` px, the area within ``[min_pixels, max_pixels]``)."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    w, h = image_size
+    rh, rw = smart_resize(h, w, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    return rw, rh
+
+
 def _side(v: Any) -> int:
     return int(v[0] if isinstance(v, list | tuple) else v)
 
@@ -273,6 +323,15 @@ class ModelShape:
     ``max_tiles`` is InternVL's tiling limit (None: one padded view, LLaVA). ``vision_states``
     is how many of the tower's hidden states a forward returns (LLaVA reads layer -2, so it asks
     for all of them).
+
+    The fields after ``max_tiles`` describe Qwen2.5-VL; their defaults are LLaVA's and InternVL's.
+    A ``max_pixels`` above 0 is dynamic resolution: one view, the image resized to multiples of
+    ``patch * merge`` px with an area in ``[min_pixels, max_pixels]`` (``image`` and
+    ``view_tokens`` are 0), each ``merge x merge`` patches one visual token, no class token, each
+    patch ``temporal`` frames deep (an image is repeated). ``window`` (px) is the tower's attention
+    window, in all blocks but ``full_blocks`` of them (0: full attention everywhere).
+    ``vision_gated``: the tower's MLP is gated (three matrices). ``qkv_bias``: the decoder's q, k
+    and v projections have biases. ``projector_mid``: the projector's hidden width (0: ``hidden``).
     """
 
     name: str
@@ -295,21 +354,57 @@ class ModelShape:
     projector_in: int
     vision_states: int
     max_tiles: int | None = None
+    merge: int = 1
+    min_pixels: int = 0
+    max_pixels: int = 0
+    temporal: int = 1
+    window: int = 0
+    full_blocks: int = 0
+    vision_gated: bool = False
+    qkv_bias: bool = False
+    projector_mid: int = 0
+
+    @property
+    def dynamic(self) -> bool:
+        """Dynamic resolution (Qwen2.5-VL): the tokens depend on the image's size."""
+        return self.max_pixels > 0
+
+    def grid(self, image_size: tuple[int, int] = PLAN_IMAGE) -> tuple[int, int]:
+        """Patches of one view, ``(rows, columns)``: the resized image's, or the fixed view's."""
+        if not self.dynamic:
+            return self.image // self.patch, self.image // self.patch
+        w, h = qwen_resized(image_size, self.patch * self.merge, self.min_pixels, self.max_pixels)
+        return h // self.patch, w // self.patch
+
+    def patches(self, image_size: tuple[int, int] = PLAN_IMAGE) -> int:
+        """Tokens through the tower per view: patches, + the class token of a fixed view."""
+        rows, cols = self.grid(image_size)
+        return rows * cols + (0 if self.dynamic else 1)
 
     @property
     def tower_tokens(self) -> int:
-        """Tokens through the tower per view: patches + the class token."""
-        return (self.image // self.patch) ** 2 + 1
+        """Tokens through the tower per view of :data:`PLAN_IMAGE`."""
+        return self.patches()
 
     def views(self, image_size: tuple[int, int] = PLAN_IMAGE) -> int:
-        """Views of an image: LLaVA one padded square; InternVL its tiles + the thumbnail (one tile: none)."""
+        """Views of an image: LLaVA one padded square; InternVL its tiles + the thumbnail (one tile:
+        none); Qwen2.5-VL the whole image resized."""
         if self.max_tiles is None:
             return 1
         n = internvl_tiles(image_size, self.max_tiles, self.image)
         return n + 1 if n > 1 else 1
 
     def visual_tokens(self, image_size: tuple[int, int] = PLAN_IMAGE) -> int:
+        if self.dynamic:
+            rows, cols = self.grid(image_size)
+            return rows * cols // self.merge**2
         return self.views(image_size) * self.view_tokens
+
+    def pixel_values(self, image_size: tuple[int, int] = PLAN_IMAGE) -> int:
+        """Values in one image's ``pixel_values``: each view's square, or each patch's frames."""
+        if self.dynamic:
+            return self.patches(image_size) * 3 * self.temporal * self.patch**2
+        return self.views(image_size) * 3 * self.image**2
 
     def with_tiles(self, max_tiles: int | None) -> ModelShape:
         """The same model with InternVL's tiling limited to ``max_tiles`` (None: unchanged)."""
@@ -321,13 +416,18 @@ class ModelShape:
     def decoder_layer_params(self) -> int:
         h, a, kv = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
         qk_norm = 2 * self.head_dim if self.family == "internvl" else 0  # Qwen3 normalises q and k
-        return 2 * h * a + 2 * h * kv + 3 * h * self.ffn + 2 * h + qk_norm
+        qkv_bias = a + 2 * kv if self.qkv_bias else 0  # Qwen2
+        return 2 * h * a + 2 * h * kv + 3 * h * self.ffn + 2 * h + qk_norm + qkv_bias
 
     def vision_params(self) -> int:
         w, f = self.vision_width, self.vision_ffn
         if self.family == "internvl":  # InternViT: no qkv bias, two layer scales
             layer = 4 * w * w + w + 2 * w * f + f + w + 4 * w + 2 * w
             embed = 3 * self.patch**2 * w + w + w + self.tower_tokens * w
+            norms = 0
+        elif self.family == "qwen2_5_vl":  # biased projections, gated MLP with biases, two RMSNorms
+            layer = 4 * w * w + 4 * w + 3 * w * f + 2 * f + w + 2 * w
+            embed = 3 * self.temporal * self.patch**2 * w  # Conv3d without bias; rotary positions
             norms = 0
         else:  # CLIP: biased projections, pre- and post-layernorm
             layer = 4 * w * w + 4 * w + 2 * w * f + f + w + 4 * w
@@ -336,8 +436,11 @@ class ModelShape:
         return self.vision_layers * layer + embed + norms
 
     def projector_params(self) -> int:
-        norm = 2 * self.projector_in if self.family == "internvl" else 0
-        return norm + self.projector_in * self.hidden + self.hidden * self.hidden + 2 * self.hidden
+        """Norm, Linear(in, mid), Linear(mid, hidden): InternVL's LayerNorm over its input, Qwen's
+        RMSNorm over the tower's width before merging."""
+        mid = self.projector_mid or self.hidden
+        norm = {"internvl": 2 * self.projector_in, "qwen2_5_vl": self.vision_width}.get(self.family, 0)
+        return norm + self.projector_in * mid + mid + mid * self.hidden + self.hidden
 
     def n_params(self) -> int:
         embed = self.vocab * self.hidden * (1 if self.tied else 2)
@@ -345,40 +448,55 @@ class ModelShape:
         return decoder + self.vision_params() + self.projector_params()
 
     # --- FLOPs ----------------------------------------------------------------------------------
-    def vision_flops(self, views: int, visual_tokens: int) -> float:
+    def tower_attention(self, image_size: tuple[int, int] = PLAN_IMAGE) -> int:
+        """Query-key pairs of one view summed over the tower's blocks: all pairs in a block of full
+        attention, the pairs within each window in the others (windows of ``window`` px laid over
+        the grid of merged tokens from its top-left corner, the last row and column cut short)."""
+        n = self.patches(image_size)
+        if not self.window:
+            return self.vision_layers * n * n
+        rows, cols = self.grid(image_size)
+        side = self.window // (self.patch * self.merge)  # tokens along a window's side
+
+        def spans(tokens: int) -> list[int]:
+            return [min(side, tokens - i) for i in range(0, tokens, side)]
+
+        group = self.merge**2
+        windows = sum(
+            (a * b * group) ** 2 for a in spans(rows // self.merge) for b in spans(cols // self.merge)
+        )
+        return self.full_blocks * n * n + (self.vision_layers - self.full_blocks) * windows
+
+    def vision_flops(self, image_size: tuple[int, int] = PLAN_IMAGE) -> float:
         """Tower (every view) and projector FLOPs of one image."""
-        return tower_flops(
-            self.vision_layers, self.tower_tokens, self.vision_width, self.vision_ffn, views
-        ) + (2 * visual_tokens * (self.projector_in * self.hidden + self.hidden * self.hidden))
+        w, f, n = self.vision_width, self.vision_ffn, self.patches(image_size)
+        mlp = 3 if self.vision_gated else 2
+        tower = self.vision_layers * 2 * n * (4 * w * w + mlp * w * f) + 4 * w * self.tower_attention(
+            image_size
+        )
+        mid = self.projector_mid or self.hidden
+        projector = 2 * self.visual_tokens(image_size) * (self.projector_in * mid + mid * self.hidden)
+        return self.views(image_size) * tower + projector
 
     def geometry(self, dtype_bytes: int = 2, image_size: tuple[int, int] = PLAN_IMAGE) -> Geometry:
         """Chapter 6's :class:`Geometry` of this shape: the tokens of one image and its prompts."""
         text = TEXT_TOKENS[self.family]
-        views, visual = self.views(image_size), self.visual_tokens(image_size)
+        visual = self.visual_tokens(image_size)
         return Geometry(
             NAMES.get(self.name, self.name), layers=self.layers, heads=self.heads, kv_heads=self.kv_heads,
             hidden=self.hidden, head_dim=self.head_dim, ffn=self.ffn, vocab=self.vocab,
             prefix=text["before"] + visual,
             suffix={t: text["prompt"][t] + text["answer"][t] for t in TASKS},
-            vision_flops=self.vision_flops(views, visual), weight_bytes=self.n_params() * dtype_bytes,
+            vision_flops=self.vision_flops(image_size), weight_bytes=self.n_params() * dtype_bytes,
             dtype_bytes=dtype_bytes,
         )  # fmt: skip
 
 
-def shape_from_config(name: str, config: Mapping[str, Any], max_tiles: int | None = None) -> ModelShape:
-    """A :class:`ModelShape` from a ``config.json`` dict (or :data:`REAL_CONFIGS`' subset of one).
-
-    ``max_tiles``: InternVL's processor limit (``max_patches``); defaults to the config's
-    ``max_patches`` entry, else 12 (the release default).
-    """
-    family = config["model_type"]
-    if family not in TEXT_TOKENS:
-        raise ValueError(f"no plan for model type {family!r}; the plan knows {', '.join(TEXT_TOKENS)}")
-    tc, vc = config["text_config"], config["vision_config"]
-    heads = int(tc["num_attention_heads"])
-    hidden = int(tc["hidden_size"])
+def _fixed_views(
+    family: str, config: Mapping[str, Any], vc: Mapping[str, Any], max_tiles: int | None
+) -> dict:
+    """The tower and view fields of LLaVA (one padded square) and InternVL (tiles + thumbnail)."""
     image, patch = _side(vc["image_size"]), _side(vc["patch_size"])
-    tied = config.get("tie_word_embeddings", tc.get("tie_word_embeddings", False))
     if family == "internvl":
         ratio = float(config.get("downsample_ratio", 0.5))
         view_tokens = int(config.get("image_seq_length") or round((image // patch * ratio) ** 2))
@@ -388,14 +506,53 @@ def shape_from_config(name: str, config: Mapping[str, Any], max_tiles: int | Non
         view_tokens = int(config.get("image_seq_length") or (image // patch) ** 2)
         projector_in, tiles = int(vc["hidden_size"]), None
     feature_layer = int(config.get("vision_feature_layer", -1))
-    return ModelShape(
-        name=name, family=family, layers=int(tc["num_hidden_layers"]), hidden=hidden, heads=heads,
-        kv_heads=int(tc.get("num_key_value_heads") or heads), head_dim=int(tc.get("head_dim") or hidden // heads),
-        ffn=int(tc["intermediate_size"]), vocab=int(tc["vocab_size"]), tied=bool(tied),
+    return dict(
         vision_layers=int(vc["num_hidden_layers"]), vision_width=int(vc["hidden_size"]),
         vision_ffn=int(vc["intermediate_size"]), vision_heads=int(vc["num_attention_heads"]), image=image,
         patch=patch, view_tokens=view_tokens, projector_in=projector_in,
         vision_states=int(vc["num_hidden_layers"]) + 1 if feature_layer != -1 else 1, max_tiles=tiles,
+    )  # fmt: skip
+
+
+def _dynamic_view(config: Mapping[str, Any], vc: Mapping[str, Any]) -> dict:
+    """Qwen2.5-VL's tower and view fields: one resized view, window attention, the merger as projector
+    (``ln_q`` over the tower's width, ``Linear(4w, 4w)``, GELU, ``Linear(4w, hidden)``)."""
+    width, merge = int(vc["hidden_size"]), int(vc["spatial_merge_size"])
+    return dict(
+        vision_layers=int(vc["depth"]), vision_width=width, vision_ffn=int(vc["intermediate_size"]),
+        vision_heads=int(vc["num_heads"]), image=0, patch=int(vc["patch_size"]), view_tokens=0,
+        projector_in=width * merge**2, projector_mid=width * merge**2, vision_states=1, merge=merge,
+        min_pixels=int(config.get("min_pixels") or QWEN_MIN_PIXELS),
+        max_pixels=int(config.get("max_pixels") or QWEN_MAX_PIXELS),
+        temporal=int(vc.get("temporal_patch_size", 2)), window=int(vc["window_size"]),
+        full_blocks=len(vc.get("fullatt_block_indexes") or ()), vision_gated=True,
+    )  # fmt: skip
+
+
+def shape_from_config(name: str, config: Mapping[str, Any], max_tiles: int | None = None) -> ModelShape:
+    """A :class:`ModelShape` from a ``config.json`` dict (or :data:`REAL_CONFIGS`' subset of one).
+
+    ``max_tiles``: InternVL's processor limit (``max_patches``); defaults to the config's
+    ``max_patches`` entry, else 12 (the release default). Qwen2.5-VL's ``min_pixels`` and
+    ``max_pixels`` are read from the config's entries of those names (its processor's), else the
+    release's. The decoder's fields are read from ``text_config``, or from the top level where a
+    config has none (the released Qwen2.5-VL configs; transformers 5 nests them).
+    """
+    family = config["model_type"]
+    if family not in TEXT_TOKENS:
+        raise ValueError(f"no plan for model type {family!r}; the plan knows {', '.join(TEXT_TOKENS)}")
+    tc, vc = config.get("text_config") or config, config["vision_config"]
+    heads = int(tc["num_attention_heads"])
+    hidden = int(tc["hidden_size"])
+    tied = config.get("tie_word_embeddings", tc.get("tie_word_embeddings", False))
+    vision = (
+        _dynamic_view(config, vc) if family == "qwen2_5_vl" else _fixed_views(family, config, vc, max_tiles)
+    )
+    return ModelShape(
+        name=name, family=family, layers=int(tc["num_hidden_layers"]), hidden=hidden, heads=heads,
+        kv_heads=int(tc.get("num_key_value_heads") or heads), head_dim=int(tc.get("head_dim") or hidden // heads),
+        ffn=int(tc["intermediate_size"]), vocab=int(tc["vocab_size"]), tied=bool(tied),
+        qkv_bias=family == "qwen2_5_vl", **vision,
     )  # fmt: skip
 
 
@@ -420,6 +577,16 @@ def _config_file(model_id: str) -> Path | None:
     return Path(cached) if isinstance(cached, str) else None
 
 
+def _processor_settings(ip: Mapping[str, Any]) -> dict[str, Any]:
+    """What the plan reads from an image processor's config: InternVL's ``max_patches``,
+    Qwen2.5-VL's ``min_pixels`` and ``max_pixels`` (``size``'s ``shortest_edge`` and ``longest_edge``)."""
+    out = {k: ip[k] for k in ("max_patches", "min_pixels", "max_pixels") if k in ip}
+    size = ip.get("size") or {}
+    if ip.get("image_processor_type", "").startswith("Qwen2") and "longest_edge" in size:
+        out.update(min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])
+    return out
+
+
 def shape_of(model_id: str, max_tiles: int | None = None) -> ModelShape:
     """The shape of a registered model: the real ones from :data:`REAL_CONFIGS`, any other from its
     ``config.json`` (a toy's folder, or the Hugging Face cache) and its processor config."""
@@ -433,9 +600,7 @@ def shape_of(model_id: str, max_tiles: int | None = None) -> ModelShape:
     config = json.loads(path.read_text())
     proc = path.parent / "processor_config.json"
     if proc.is_file():
-        ip = json.loads(proc.read_text()).get("image_processor", {})
-        if "max_patches" in ip:
-            config = {**config, "max_patches": ip["max_patches"]}
+        config = {**config, **_processor_settings(json.loads(proc.read_text()).get("image_processor", {}))}
     if config.get("model_type") not in TEXT_TOKENS:
         raise NoPlan(
             f"no plan for {model_id}: the plan models {', '.join(TEXT_TOKENS)}, not {config.get('model_type')!r}"
@@ -554,7 +719,7 @@ def row_bytes(
 ) -> _Costs:
     """The working memory one row of ``p`` adds (see the module docstring for the terms)."""
     d, s = dtype_bytes, shape
-    views, visual = s.views(image_size), s.visual_tokens(image_size)
+    views, visual, tower = s.views(image_size), s.visual_tokens(image_size), s.patches(image_size)
     kv_token = 2 * s.layers * s.kv_heads * s.head_dim * d
     keys = p.past + p.tokens + p.new_tokens
     kv = kv_token * (keys + p.held) if p.decoder else 0.0
@@ -564,17 +729,18 @@ def row_bytes(
         if attn == "eager":
             attention += s.heads * p.tokens * (p.past + p.tokens) * (d + 4)  # scores, float32 softmax
     if p.vision and attn == "eager":
-        attention = max(attention, views * s.vision_heads * s.tower_tokens**2 * (d + 4))
+        attention = max(attention, views * s.vision_heads * tower**2 * (d + 4))
     kept = 0.0
     if p.kept:
-        kept = (s.vision_layers * views * s.tower_tokens * s.vision_width + 2 * visual * s.hidden) * d
+        kept = (s.vision_layers * views * tower * s.vision_width + 2 * visual * s.hidden) * d
         if p.kept == "all":
             kept += s.layers * visual * s.hidden * d
-    pixels = views * 3 * s.image**2 * d if p.vision else 0.0
+    pixels = s.pixel_values(image_size) * d if p.vision else 0.0
     vision = 0.0
     if p.vision:
-        states = s.vision_states * views * s.tower_tokens * s.vision_width
-        layer = views * s.tower_tokens * (4 * s.vision_width + s.vision_ffn)
+        states = s.vision_states * views * tower * s.vision_width
+        mlp = 2 * s.vision_ffn if s.vision_gated else s.vision_ffn  # a gated MLP's gate and up
+        layer = views * tower * (4 * s.vision_width + mlp)
         vision = (states + layer + visual * (s.projector_in + s.hidden)) * d
     decoder = 0.0
     if p.decoder:
@@ -922,6 +1088,9 @@ class PlanTable:
         s = self.shape
         views = s.views()
         tiles = f", {views - 1} tiles + thumbnail = {s.visual_tokens():,} visual tokens" if views > 1 else ""
+        if s.dynamic:
+            rows, cols = s.grid()
+            tiles = f", resized to {cols * s.patch}x{rows * s.patch} = {s.visual_tokens():,} visual tokens"
         host = f"; host RAM {self.gpu.host_ram_gb:.1f} GiB" if self.gpu.host_ram_gb else ""
         return (
             f"{NAMES.get(self.model_id, self.model_id)} on {self.gpu.name} ({self.gpu.memory_gb:.1f} GiB, "
@@ -1227,7 +1396,7 @@ def check_fits(
 
 README_BEGIN = "<!-- plan: generated by python -m vlmloc.plan --readme --write -->"
 README_END = "<!-- /plan -->"
-README_MODELS = (LLAVA_7B, LLAVA_13B, INTERNVL_8B)
+README_MODELS = (LLAVA_7B, LLAVA_13B, INTERNVL_8B, QWEN_3B, QWEN_7B)
 README_GPUS = ("t4", "l4", "a100-80", "h100")
 
 
@@ -1237,7 +1406,8 @@ def readme_tables() -> str:
     lines = [
         "Each cell: does the chapter fit at its default batch (else the largest batch that fits, or",
         "none), and the estimated time at the paper's scale. Weights in the dtype `auto` picks",
-        "(bfloat16, or float16 on the T4); InternVL with 12 tiles + thumbnail of a 640x480 image.",
+        "(bfloat16, or float16 on the T4); InternVL with 12 tiles + thumbnail of a 640x480 image,",
+        "Qwen2.5-VL with the same image resized to 644x476 (391 visual tokens).",
         "",
     ]
     for model_id in README_MODELS:
