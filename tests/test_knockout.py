@@ -16,6 +16,7 @@ import torch
 import vlmloc
 import vlmloc.experiments.ch05_attention_knockout as ko
 from vlmloc.evaluate import run_condition
+from vlmloc.geometry import index_layout
 from vlmloc.interventions import AttentionKnockout
 from vlmloc.paper import knockout_layers
 from vlmloc.report import ch05 as report
@@ -118,7 +119,7 @@ def test_token_sets_are_the_object_as_many_random_tokens_and_the_image(toy_inter
         d = exp.token_sets()[s.sample_id]
         assert len(d["random"]) == len(d["object"]) > 0
         assert len(set(d["random"].tolist())) == len(d["random"])
-        assert len(d["image"]) == ko.index_layout(toy_internvl, s).n_tokens  # every tile and the thumbnail
+        assert len(d["image"]) == index_layout(toy_internvl, s).n_tokens  # every tile and the thumbnail
     assert list(exp.layer_sets()) == ["0-3", "2-5", "4-7", "all"]
     assert 0 < exp.token_share("object") < 100 and exp.token_share("image") == 100
 

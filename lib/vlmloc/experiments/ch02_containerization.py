@@ -36,7 +36,7 @@ from ..attribution import integrated_gradients, teacher_forced_answer, top_k
 from ..data import Sample
 from ..evaluate import EditFor, summarize
 from ..families import TASKS
-from ..geometry import ImageLayout
+from ..geometry import ImageLayout, index_layout
 from ..interventions import (
     grown_indices,
     pad_within_views,
@@ -46,7 +46,7 @@ from ..interventions import (
     shuffle_within_views,
 )
 from ..store import ResultsStore
-from .base import Experiment, RunParams, rate, sample_rng, with_change
+from .base import Experiment, RunParams, mean_key, rate, sample_rng, with_change
 
 __all__ = [
     "ABLATIONS",
@@ -55,7 +55,6 @@ __all__ = [
     "Containerization",
     "ContainerizationParams",
     "contrast_model",
-    "index_layout",
     "run_containerization",
 ]
 
@@ -78,19 +77,6 @@ class ContainerizationParams(RunParams):
     ig_steps: int = 16
     ig_step_batch: int | None = None
     n_std: float = 2.0
-
-
-def index_layout(vlm: VLM, sample: Sample) -> ImageLayout:
-    """The sample's views with ``positions = 0..n-1``: token sets as indices, without encoding a prompt."""
-    size = (sample.width, sample.height)
-    views = vlm.views(size)
-    return ImageLayout(torch.arange(sum(v.n_tokens for v in views)), views, size)
-
-
-def _mean_key(mean: torch.Tensor) -> str:
-    """A short fingerprint of the replacement vector for the result configs."""
-    m = mean.float()
-    return f"{m.numel()}:{float(m.norm()):.6g}:{float(m.sum()):.6g}"
 
 
 class Containerization(Experiment):
@@ -159,7 +145,7 @@ class Containerization(Experiment):
         """Top-k Integrated-Gradients tokens per sample (k = number of object tokens), stored resumably."""
         p = self.params
         log = self.store.condition(
-            f"tokens-ig-{task}", self.config(ig_steps=p.ig_steps, baseline="mean", mean=_mean_key(p.mean))
+            f"tokens-ig-{task}", self.config(ig_steps=p.ig_steps, baseline="mean", mean=mean_key(p.mean))
         )
         pending = set(log.pending([s.sample_id for s in self.samples]))
         for s in tqdm(self.samples, desc=f"IG · {task}", disable=not progress, leave=False):
@@ -233,7 +219,7 @@ class Containerization(Experiment):
     # --- experiments ---------------------------------------------------------------------------
     def _ablation_config(self, name: str) -> dict[str, Any]:
         """The settings that key an ablation's records: the set, the replacement and how the set was made."""
-        extra: dict[str, Any] = {"ablate": name, "replacement": "mean", "mean": _mean_key(self.params.mean)}
+        extra: dict[str, Any] = {"ablate": name, "replacement": "mean", "mean": mean_key(self.params.mean)}
         if name == "ig":
             extra["ig_steps"] = self.params.ig_steps
         if name == "register":

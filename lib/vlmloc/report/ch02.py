@@ -15,7 +15,8 @@ import pandas as pd
 
 from ..experiments.ch02_containerization import ABLATIONS, PADDINGS, SHUFFLES
 from ..paper import INTERNVL_8B, LLAVA_7B, MODELS, RESULTS, conditions_of, paper_result
-from .common import can_drop, rate_cell, se_of_difference
+from ..stats import se_of_difference
+from .common import can_drop, rate_cell
 
 __all__ = [
     "LABELS",

@@ -14,7 +14,8 @@ import pandas as pd
 
 from ..experiments.ch03_views import CONDITIONS, MIN_FINDING_N, SIZE_CLASSES
 from ..paper import MODELS, RESULTS, VIEWS_BY_SIZE, VIEWS_CONDITIONS
-from .common import can_drop, chapter_runs, rate_cell, se_of_difference
+from ..stats import se_of_difference
+from .common import can_drop, chapter_runs, rate_cell
 
 __all__ = [
     "LABELS",
