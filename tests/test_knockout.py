@@ -301,3 +301,11 @@ def test_chapter_5_executes_and_writes_its_summary(model_id, tmp_path):
     ran = re.search(r"its mask hooks ran (\d+) times \((\d+) layers x (\d+) steps\)", text)
     assert ran and int(ran[1]) == int(ran[2]) * int(ran[3]) > 0, "the null knockout's hooks must run"
     assert "**Sample size.**" in text and "**The whole image against the object.**" in text
+
+
+def test_the_knockout_is_the_shared_runner_and_its_params_extend_run_params(toy_llava, samples, tmp_path):
+    from vlmloc.experiments.base import Experiment, RunParams
+
+    exp = _experiment(toy_llava, samples, tmp_path, reuse_prefix=False)
+    assert isinstance(exp, Experiment) and isinstance(exp.params, RunParams)
+    assert exp.prefix_for() is None and exp.params.window == 4 and exp.params.stride == 2

@@ -63,6 +63,7 @@ __all__ = [
     "RunParams",
     "Timings",
     "by_size",
+    "largest_object",
     "loc_cls",
     "mean_key",
     "rate",
@@ -83,6 +84,15 @@ def rate(x: float) -> float:
 def sample_rng(seed: int, tag: str, sample_id: str) -> np.random.Generator:
     """A generator fixed by (seed, what it is for, which sample): independent of batching and resuming."""
     return np.random.default_rng([int(seed), zlib.crc32(tag.encode()), zlib.crc32(sample_id.encode())])
+
+
+def largest_object(samples: Sequence[Sample], sets: Mapping[str, Mapping], among: int = 20) -> Sample:
+    """The object with the most tokens among the first ``among`` samples: the example a chapter draws.
+
+    A large object shows its token sets best; looking at the first few only keeps the choice
+    stable when ``n_samples`` grows. ``sets`` maps a sample id to its token sets (``"object"``).
+    """
+    return max(samples[:among], key=lambda s: len(sets[s.sample_id]["object"]))
 
 
 def mean_key(mean: torch.Tensor) -> str:

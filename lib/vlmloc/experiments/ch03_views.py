@@ -55,6 +55,7 @@ __all__ = [
     "SingleViewModelError",
     "ViewAblation",
     "ViewParams",
+    "example_object",
     "has_both_views",
     "multi_view_ids",
     "reference_samples",
@@ -208,6 +209,12 @@ def reference_samples(every: Sequence[Sample], evaluated: Sequence[Sample], n: i
             out.append(s)
             seen.add(s.image_id)
     return out
+
+
+def example_object(samples: Sequence[Sample], sizes: Mapping[str, str]) -> Sample:
+    """The object the chapter draws view by view: the first medium one (else the first of all),
+    large enough to show in the thumbnail, small enough to leave most of the tiles untouched."""
+    return next((s for s in samples if sizes[s.sample_id] == "medium"), samples[0])
 
 
 def view_token_sets(layout: ImageLayout, mask: np.ndarray, seed: int, sample_id: str) -> dict[str, Any]:
