@@ -256,6 +256,11 @@ class Experiment:
             self._masks[sample.sample_id] = sample.mask()
         return self._masks[sample.sample_id]
 
+    def provenance(self) -> dict:
+        """``weights``, ``dtype`` and ``data`` of the run's config: what a summary says it was made from."""
+        c = self.params.config
+        return {"weights": c["model"], "dtype": c["dtype"], "data": c["data"]}
+
     def config(self, **extra: Any) -> dict:
         """The run's config with a condition's own settings: what keys its records."""
         return {**self.params.config, **extra}

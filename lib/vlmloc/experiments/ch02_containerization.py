@@ -361,6 +361,7 @@ class Containerization(Experiment):
             "ig": self.ig_summary(),
             "register_tokens_per_image": rate(np.mean(reg)) if reg else None,
             "timings_s": self.timings.rounded(),
+            **self.provenance(),
             **self.params.extra,
         }
 

@@ -145,6 +145,15 @@ class Selection:
     qualified: dict[str, int]  # ... of them in images with tiles and a thumbnail
     drawn: dict[str, int]
 
+    def record(self) -> dict:
+        """The counts per size class at each step and how the draw went, for the summary JSON."""
+        return {
+            "pool": self.pool,
+            "multi_view": self.qualified,
+            "drawn": self.drawn,
+            "how": "seeded shuffle, then round-robin over small, medium, large among objects of multi-view images",
+        }
+
     def table(self) -> pd.DataFrame:
         rows = [
             {
@@ -331,9 +340,11 @@ class ViewAblation(Experiment):
                 out[name] = {**e, "token_share": rate(self.token_share(name))}
         return out
 
-    def summary(self, ablation: Mapping) -> dict:
+    def summary(self, ablation: Mapping, selection: Selection | None = None) -> dict:
+        """The chapter's summary JSON (without findings and runtimes, which the notebook adds);
+        ``selection`` says how the objects were drawn."""
         sets = self.token_sets().values()
-        return {
+        out = {
             "model_id": self.vlm.model_id,
             "n_samples": len(self.samples),
             "seed": self.params.seed,
@@ -347,8 +358,14 @@ class ViewAblation(Experiment):
                 "object_in_tiles": rate(np.mean([len(v["local"]) for v in sets])),
             },
             "timings_s": self.timings.rounded(),
+            **self.provenance(),
+            "min_area_frac": MIN_AREA_FRAC,
+            "size_classes": {"small_below_share": SMALL_MAX_SHARE, "large_above_share": LARGE_MIN_SHARE},
             **self.params.extra,
         }
+        if selection is not None:
+            out["selection"] = selection.record()
+        return out
 
     def run_all(self, progress: bool = True) -> dict:
         return self.summary(self.ablation(progress))

@@ -248,6 +248,9 @@ class Knockout(Experiment):
                 "paper_layers": list(knockout_layers(paper_model, N_LAYERS[paper_model])),
             },
             "timings_s": self.timings.rounded(),
+            **self.provenance(),
+            "max_new_tokens": self.params.max_new_tokens,
+            "reuse_prefix": self.params.reuse_prefix,
             **self.params.extra,
         }
         out["most_harmful"] = {task: most_harmful(out, task) for task in TASKS}
