@@ -222,3 +222,13 @@ def test_mean_key_fingerprints_the_replacement_vector():
     a = torch.arange(4.0)
     assert base.mean_key(a) == base.mean_key(a.clone().half().float()) == "4:3.74166:6"
     assert base.mean_key(a) != base.mean_key(a + 1)
+
+
+def test_provenance_names_the_weights_dtype_and_data_of_the_config():
+    import torch
+
+    vlm = _Toy("toy-llava", torch.float32)
+    params = RunParams.from_vlm(vlm, data="/data/a.json", n_samples=2)
+    exp = Experiment(vlm, [object()], params, None)
+    assert exp.provenance() == {"weights": vlm.fingerprint, "dtype": "float32", "data": "/data/a.json"}
+    assert Experiment(vlm, [object()], RunParams(config={"n": 1}), None).provenance() == {}

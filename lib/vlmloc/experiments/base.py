@@ -257,9 +257,14 @@ class Experiment:
         return self._masks[sample.sample_id]
 
     def provenance(self) -> dict:
-        """``weights``, ``dtype`` and ``data`` of the run's config: what a summary says it was made from."""
+        """``weights``, ``dtype`` and ``data`` of the run's config (those it has): what a summary says
+        it was made from."""
         c = self.params.config
-        return {"weights": c["model"], "dtype": c["dtype"], "data": c["data"]}
+        return {
+            name: c[key]
+            for name, key in (("weights", "model"), ("dtype", "dtype"), ("data", "data"))
+            if key in c
+        }
 
     def config(self, **extra: Any) -> dict:
         """The run's config with a condition's own settings: what keys its records."""
