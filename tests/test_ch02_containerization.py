@@ -399,3 +399,38 @@ def test_contrast_findings_say_which_toy_the_intra_object_shuffle_hurts():
     table = report.contrast_table(weak, precise)
     assert list(table.columns) == ["toy-llava", "toy-llava-precise"]
     assert table.loc["intra-object shuffle Loc %", "toy-llava-precise"].startswith("30.00")
+
+
+# --------------------------------------------------------------------------- the notebook's examples
+
+
+def test_padding_examples_are_chosen_by_boxes_then_growth():
+    from types import SimpleNamespace
+
+    samples = [SimpleNamespace(sample_id=i) for i in "abcd"]
+    areas = {  # box area per p = 0, 1, 2 (None: no parsable box)
+        "a": (10.0, 12.0, 14.0),  # a box at every p, grows by 4
+        "b": (10.0, None, 30.0),  # grows most, but misses a box
+        "c": (20.0, 30.0, 40.0),  # a box at every p, grows by 20
+        "d": (None, None, None),
+    }
+    by_id = {p: {i: {"box_area": a[p]} for i, a in areas.items()} for p in ct.PADDINGS}
+    assert [s.sample_id for s in ct.padding_example_order(samples, by_id)] == ["c", "a", "b", "d"]
+
+    def example(*boxes):
+        return {"p": {p: {"pred": b, "area": 5.0 * (p + 1) if b else 0.0} for p, b in enumerate(boxes)}}
+
+    box = (0, 0, 1, 1)
+    text = report.padding_examples_finding("m", [example(box, box, box), example(box, None, box)])
+    assert text.startswith("In the 1 examples shown") and "covers 5.0%, 10.0%, 15.0% of the image" in text
+    assert "(2 of 3 panels have a box)" in report.padding_examples_finding("m", [example(box, None, box)])
+
+
+def test_the_example_object_is_the_largest_of_the_first_twenty():
+    from types import SimpleNamespace
+
+    from vlmloc.experiments.base import largest_object
+
+    samples = [SimpleNamespace(sample_id=i) for i in range(25)]
+    sets = {i: {"object": np.arange(i % 7 if i < 20 else 50)} for i in range(25)}
+    assert largest_object(samples, sets).sample_id == 6  # the first of the largest; 20-24 are not looked at

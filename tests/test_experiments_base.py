@@ -14,7 +14,7 @@ from vlmloc.evaluate import summarize
 from vlmloc.experiments import base
 from vlmloc.experiments.base import Experiment, RunParams, Timings, by_size, rate, sample_rng, with_change
 from vlmloc.families import TASKS
-from vlmloc.store import ResultsStore
+from vlmloc.store import ResultsStore, config_key
 
 
 def _records(task: str, n_small: int = 2, n_large: int = 2) -> list[dict]:
@@ -167,3 +167,68 @@ def test_a_second_experiment_resumes_the_stored_records(tiny_llava, synthetic_co
     other = RunParams(config={"n_samples": 2, "changed": True}, batch_size=2, max_new_tokens=4)
     Experiment(tiny_llava, samples, other, store).baseline(progress=False)
     assert calls == [2, 2], "a changed config must not reuse the stored records"
+
+
+def test_a_subset_run_returns_its_records_but_keeps_none(fake, tmp_path):
+    exp = _experiment(tmp_path)
+    recs = exp.run("knockout", "localization", False, {"window": 2}, samples=["one batch"])
+    assert recs == _records("localization") and ("knockout", "localization") not in exp.records
+    exp.run("knockout", "localization", False, {"window": 2})
+    assert ("knockout", "localization") in exp.records
+
+
+class _Toy:
+    """What :meth:`RunParams.from_vlm` reads of a loaded model: its weights' fingerprint and dtype."""
+
+    def __init__(self, model_id: str, dtype) -> None:
+        from vlmloc.registry import weights_fingerprint
+
+        self.fingerprint, self.dtype = weights_fingerprint(model_id), dtype
+
+
+def test_from_vlm_builds_the_config_the_notebooks_built_by_hand():
+    import torch
+    from vlmloc.experiments.ch02_containerization import ContainerizationParams
+    from vlmloc.registry import weights_fingerprint
+
+    vlm, data = _Toy("toy-llava", torch.float32), "/data/annotations.json"
+    by_hand = dict(  # chapter 5's third code cell, as the notebooks wrote it before from_vlm
+        model=weights_fingerprint("toy-llava"), dtype=str(vlm.dtype).removeprefix("torch."),
+        data=str(data), n_samples=64, seed=3,
+    )  # fmt: skip
+    params = RunParams.from_vlm(vlm, data=data, n_samples=64, seed=3, batch_size=8)
+    assert params.config == by_hand and params.seed == 3 and params.batch_size == 8
+    assert config_key(params.config) == config_key(by_hand)
+    assert by_hand["dtype"] == "float32" and not by_hand["model"].startswith("torch")
+
+    mean = torch.ones(4)  # chapter 2: the reference set's size keys the records too
+    ch2 = ContainerizationParams.from_vlm(
+        vlm, data=data, n_samples=64, seed=0, record={"n_reference": 16}, mean=mean, ig_steps=2
+    )
+    assert ch2.config == {**by_hand, "seed": 0, "n_reference": 16} and ch2.mean is mean and ch2.ig_steps == 2
+    ch3 = RunParams.from_vlm(vlm, data=data, seed=0, record={"min_area_frac": 0.001})  # no n_samples key
+    assert ch3.config == {
+        "model": by_hand["model"],
+        "dtype": "float32",
+        "data": data,
+        "min_area_frac": 0.001,
+        "seed": 0,
+    }
+
+
+def test_mean_key_fingerprints_the_replacement_vector():
+    import torch
+
+    a = torch.arange(4.0)
+    assert base.mean_key(a) == base.mean_key(a.clone().half().float()) == "4:3.74166:6"
+    assert base.mean_key(a) != base.mean_key(a + 1)
+
+
+def test_provenance_names_the_weights_dtype_and_data_of_the_config():
+    import torch
+
+    vlm = _Toy("toy-llava", torch.float32)
+    params = RunParams.from_vlm(vlm, data="/data/a.json", n_samples=2)
+    exp = Experiment(vlm, [object()], params, None)
+    assert exp.provenance() == {"weights": vlm.fingerprint, "dtype": "float32", "data": "/data/a.json"}
+    assert Experiment(vlm, [object()], RunParams(config={"n": 1}), None).provenance() == {}

@@ -16,6 +16,7 @@ import torch
 import vlmloc
 import vlmloc.experiments.ch05_attention_knockout as ko
 from vlmloc.evaluate import run_condition
+from vlmloc.geometry import index_layout
 from vlmloc.interventions import AttentionKnockout
 from vlmloc.paper import knockout_layers
 from vlmloc.report import ch05 as report
@@ -118,7 +119,7 @@ def test_token_sets_are_the_object_as_many_random_tokens_and_the_image(toy_inter
         d = exp.token_sets()[s.sample_id]
         assert len(d["random"]) == len(d["object"]) > 0
         assert len(set(d["random"].tolist())) == len(d["random"])
-        assert len(d["image"]) == ko.index_layout(toy_internvl, s).n_tokens  # every tile and the thumbnail
+        assert len(d["image"]) == index_layout(toy_internvl, s).n_tokens  # every tile and the thumbnail
     assert list(exp.layer_sets()) == ["0-3", "2-5", "4-7", "all"]
     assert 0 < exp.token_share("object") < 100 and exp.token_share("image") == 100
 
@@ -300,3 +301,11 @@ def test_chapter_5_executes_and_writes_its_summary(model_id, tmp_path):
     ran = re.search(r"its mask hooks ran (\d+) times \((\d+) layers x (\d+) steps\)", text)
     assert ran and int(ran[1]) == int(ran[2]) * int(ran[3]) > 0, "the null knockout's hooks must run"
     assert "**Sample size.**" in text and "**The whole image against the object.**" in text
+
+
+def test_the_knockout_is_the_shared_runner_and_its_params_extend_run_params(toy_llava, samples, tmp_path):
+    from vlmloc.experiments.base import Experiment, RunParams
+
+    exp = _experiment(toy_llava, samples, tmp_path, reuse_prefix=False)
+    assert isinstance(exp, Experiment) and isinstance(exp.params, RunParams)
+    assert exp.prefix_for() is None and exp.params.window == 4 and exp.params.stride == 2

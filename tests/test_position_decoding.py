@@ -348,3 +348,15 @@ def test_the_control_passes_the_toy_and_fails_a_probe_that_reads_the_label(
     assert not any(leaky["control_ok"].values()), leaky["control"]["stages"]
     with pytest.raises(pd4.ControlFailed):
         pd4.require_control(leaky, "llm")
+
+
+def test_paper_scale_rows_project_each_paper_model_at_50k_10k():
+    from vlmloc.paper import POSITION_PEAKS, POSITION_PROBES
+
+    rows = report.paper_scale_rows()
+    assert [r["model"] for r in rows] == [f"{m} at 50k/10k" for m in POSITION_PEAKS]
+    forwards = POSITION_PROBES["epochs"] * POSITION_PROBES["n_train"] + POSITION_PROBES["n_test"]
+    assert all(
+        r["image forwards"] == forwards and r["time"].endswith("GPU hours at 150 TFLOP/s") for r in rows
+    )
+    assert any("(batch 4)" in r["activations per batch"] for r in rows)  # InternVL's batch

@@ -291,3 +291,41 @@ def test_tables_put_the_papers_table_3_beside_ours():
     assert list(r["model"].unique()) == ["toy-internvl"] and len(r) == 6
     g = r.set_index("condition").loc["object, thumbnail only"]
     assert g["InternVL-3.5-8B Loc (paper)"] == 36.20 and g["Loc large"] == 10
+
+
+# --------------------------------------------------------------------------- the notebook's library parts
+
+
+def test_the_runner_is_the_shared_experiment_and_its_params_extend_run_params():
+    from vlmloc.experiments.base import Experiment, RunParams
+
+    assert issubclass(vw.ViewAblation, Experiment) and issubclass(vw.ViewParams, RunParams)
+    with pytest.raises(ValueError, match="no size class"):
+        vw.ViewAblation(None, [_sample(1, 0.01)], {}, vw.ViewParams(config={}, mean=torch.zeros(2)), None)
+
+
+def test_example_object_is_the_first_medium_one_else_the_first():
+    samples = [_sample(i, share) for i, share in enumerate((0.001, 0.01, 0.1, 0.01))]
+    sizes = {s.sample_id: vw.size_class(s) for s in samples}
+    assert vw.example_object(samples, sizes) is samples[1]
+    no_medium = [samples[0], samples[2]]
+    assert vw.example_object(no_medium, sizes) is samples[0]
+
+
+def test_selection_and_token_findings_count_what_was_drawn():
+    wide = (400, 200)
+    samples = [_sample(100 + i, 0.1, wide) for i in range(3)] + [
+        _sample(200 + i, 0.01, wide) for i in range(2)
+    ]
+    sel = vw.select_stratified(samples, 5, _views)
+    text = report.selection_finding("m", sel)
+    assert text.startswith("Of the 5 objects that pass the filter, 5 lie in images that m sees")
+    assert "0 small, 2 medium, 3 large" in text and "(small, medium, large below 30" in text
+    lay, mask = _layout()
+    sets = {s.sample_id: vw.view_token_sets(lay, mask, 0, s.sample_id) for s in sel.samples}
+    table = report.token_table(sets, sel.sizes)
+    assert list(table.index) == ["medium", "large", "all"] and table.loc["all", "objects"] == 5
+    assert table.loc["all", "object tokens in the thumbnail"] == 1 and table.loc["all", "tile tokens"] == 8
+    example = report.example_finding("m", sel.samples[0], sel.samples, sel.sizes, sets)
+    assert example.startswith("This star covers 1 of the thumbnail's 4 tokens and 1 of the tiles' 8")
+    assert "for medium, large objects." in example

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # the adapter builds layouts from this module: a runtime import would be a cycle
+    from .adapter import VLM
+    from .data import Sample
 
 
 @dataclass(frozen=True)
@@ -161,3 +166,15 @@ def grow_cells(grid: np.ndarray, rings: int) -> np.ndarray:
                 nb |= p[1 + dy : 1 + dy + out.shape[0], 1 + dx : 1 + dx + out.shape[1]]
         out = nb
     return out
+
+
+def index_layout(vlm: VLM, sample: Sample) -> ImageLayout:
+    """The sample's views with ``positions = 0..n-1``: token sets as indices, without encoding a prompt.
+
+    Token sets (the object's tokens, a random control, a view) are chosen once per sample as
+    indices into the visual tokens; a batch maps them to sequence positions through its own
+    :class:`ImageLayout`. Only the model's view geometry (``vlm.views``) is needed.
+    """
+    size = (sample.width, sample.height)
+    views = vlm.views(size)
+    return ImageLayout(torch.arange(sum(v.n_tokens for v in views)), views, size)

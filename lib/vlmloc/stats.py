@@ -1,4 +1,8 @@
-"""Paired comparisons over objects: the statistics behind "beyond random" claims.
+"""The statistics behind "beyond random" claims: differences of rates, paired over objects or not.
+
+:func:`se_of_difference` is the conservative SE of a difference of two rates measured on
+independent (or unpaired-treated) runs; every chapter's findings and chapter 5's critical windows
+use it.
 
 Two ablations evaluated on the *same* objects are paired: most of the variation between objects
 (easy and hard ones) cancels in their per-object difference, so the standard error of a
@@ -29,9 +33,15 @@ __all__ = [
     "overlap_p_value",
     "paired_difference",
     "per_object",
+    "se_of_difference",
     "sparsity",
     "spearman",
 ]
+
+
+def se_of_difference(*ses: float) -> float:
+    """Standard error of a difference, treating the conditions as independent (conservative when paired)."""
+    return math.sqrt(sum(s * s for s in ses))
 
 
 def loc_score(iou: float | None) -> float:

@@ -6,21 +6,35 @@ layers 3-5, ...), each run on both tasks over the same samples through
 
 - :class:`RunParams`, the config that keys the records in the :class:`~vlmloc.store.ResultsStore`
   (so a rerun resumes and a changed setting starts afresh), the seed, batch size and answer length;
+  :meth:`RunParams.from_vlm` builds that config the one way every chapter keys its records;
 - :class:`Experiment`, which runs a condition on a task, keeps its records per (condition, task),
   and summarizes them as Loc/Cls with standard errors and the change from the baseline;
 - :class:`Timings`, wall-clock seconds per part that add up over repeated calls;
 - :func:`sample_rng`, randomness fixed per sample, so a resumed run draws what an uninterrupted
-  one would; :func:`by_size`, Loc/Cls per COCO size class.
+  one would; :func:`by_size`, Loc/Cls per COCO size class; :func:`mean_key`, the fingerprint of a
+  replacement vector in a condition's config.
 
-A chapter subclasses :class:`Experiment` (or uses it as is) and adds its conditions::
+A chapter subclasses :class:`Experiment` (or uses it as is), extends :class:`RunParams` with its
+own settings and adds its conditions; chapter 2's shuffles, in short
+(:class:`~vlmloc.experiments.ch02_containerization.Containerization`)::
 
-    class Knockout(Experiment):
-        def layers(self, window, progress=True):
+    @dataclass(kw_only=True)
+    class ContainerizationParams(RunParams):
+        mean: torch.Tensor
+
+    class Containerization(Experiment):
+        def shuffle(self, progress=True):
             base = self.baseline(progress)
-            for task in TASKS:
-                self.run(f"knockout-{window}", task, progress, config={"window": window},
-                         edit_for=...)   # any per-batch hook run_condition accepts
-            return with_change(self.loc_cls(f"knockout-{window}"), base)
+            out = {}
+            with self.timings.timed("shuffle"):
+                for kind in SHUFFLES:
+                    entry = self.run_both(f"shuffle-{kind}", progress, {"shuffle": kind},
+                                          edit_for=self.shuffle_edit(kind))  # a hook run_condition accepts
+                    out[kind] = with_change(entry, base)
+            return out
+
+    params = ContainerizationParams.from_vlm(vlm, data=ann_path, n_samples=100, seed=0, mean=mean)
+    Containerization(vlm, samples, params, ResultsStore(results_dir, model_id, chapter)).shuffle()
 """
 
 from __future__ import annotations
@@ -30,10 +44,12 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..adapter import VLM
 from ..data import Sample
@@ -47,8 +63,11 @@ __all__ = [
     "RunParams",
     "Timings",
     "by_size",
+    "largest_object",
     "loc_cls",
+    "mean_key",
     "rate",
+    "record_config",
     "sample_rng",
     "with_change",
 ]
@@ -67,6 +86,32 @@ def sample_rng(seed: int, tag: str, sample_id: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(tag.encode()), zlib.crc32(sample_id.encode())])
 
 
+def largest_object(samples: Sequence[Sample], sets: Mapping[str, Mapping], among: int = 20) -> Sample:
+    """The object with the most tokens among the first ``among`` samples: the example a chapter draws.
+
+    A large object shows its token sets best; looking at the first few only keeps the choice
+    stable when ``n_samples`` grows. ``sets`` maps a sample id to its token sets (``"object"``).
+    """
+    return max(samples[:among], key=lambda s: len(sets[s.sample_id]["object"]))
+
+
+def mean_key(mean: torch.Tensor) -> str:
+    """A short fingerprint of a replacement vector (the mean visual embedding) for a condition's config."""
+    m = mean.float()
+    return f"{m.numel()}:{float(m.norm()):.6g}:{float(m.sum()):.6g}"
+
+
+def record_config(vlm: VLM, **keys: Any) -> dict:
+    """``{"model": <weights' fingerprint>, "dtype": "float32", **keys}``: what keys a chapter's records.
+
+    The weights' fingerprint (:func:`vlmloc.registry.weights_fingerprint`) and the dtype come from
+    the loaded model, so results of other weights or another precision are never resumed; ``keys``
+    are the chapter's own (data, n_samples, seed, ...). For chapters without :class:`RunParams`
+    (probes, mediation); the others use :meth:`RunParams.from_vlm`.
+    """
+    return {"model": vlm.fingerprint, "dtype": str(vlm.dtype).removeprefix("torch."), **keys}
+
+
 @dataclass(kw_only=True)
 class RunParams:
     """What every experiment needs besides the model, the samples and the store.
@@ -81,6 +126,38 @@ class RunParams:
     batch_size: int = 16
     max_new_tokens: int = 24
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_vlm(
+        cls,
+        vlm: VLM,
+        *,
+        data: str | Path,
+        n_samples: int | None = None,
+        seed: int = 0,
+        record: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> Self:
+        """The params of a run of ``vlm``, with the record ``config`` every chapter keys its records by.
+
+        ``config`` is ``{"model", "dtype", "data", "n_samples", "seed", **record}`` (see
+        :func:`record_config`), equal to the one the notebooks built by hand, so a run resumes
+        from records written before.
+
+        - ``vlm``: the loaded model; its weights' fingerprint and dtype key the records.
+        - ``data``: the annotations file the samples come from (recorded as ``str(data)``).
+        - ``n_samples``: the chapter's ``n_samples`` parameter; None leaves the key out (chapter 3
+          keys its records by its area filter instead, through ``record``).
+        - ``seed``: the seed of the sample order and of every draw; in the config and ``params.seed``.
+        - ``record``: the chapter's further keys, after those (e.g. ``{"n_reference": 64}``).
+        - ``fields``: the params' other fields: ``batch_size``, ``max_new_tokens``, ``extra`` and
+          a subclass's own (``mean``, ``window``, ...).
+        """
+        keys: dict[str, Any] = {"data": str(data)}
+        if n_samples is not None:
+            keys["n_samples"] = n_samples
+        keys["seed"] = seed
+        return cls(config=record_config(vlm, **keys, **(record or {})), seed=seed, **fields)
 
 
 class Timings(dict[str, float]):
@@ -179,6 +256,16 @@ class Experiment:
             self._masks[sample.sample_id] = sample.mask()
         return self._masks[sample.sample_id]
 
+    def provenance(self) -> dict:
+        """``weights``, ``dtype`` and ``data`` of the run's config (those it has): what a summary says
+        it was made from."""
+        c = self.params.config
+        return {
+            name: c[key]
+            for name, key in (("weights", "model"), ("dtype", "dtype"), ("data", "data"))
+            if key in c
+        }
+
     def config(self, **extra: Any) -> dict:
         """The run's config with a condition's own settings: what keys its records."""
         return {**self.params.config, **extra}
@@ -189,19 +276,22 @@ class Experiment:
         task: Task,
         progress: bool = True,
         config: Mapping[str, Any] | None = None,
+        samples: Sequence[Sample] | None = None,
         **hooks: Any,
     ) -> list[dict]:
         """Run ``condition`` on ``task`` over the samples (resuming stored records); returns every record.
 
         ``config`` holds the condition's settings, which key its records. ``hooks`` are how the
-        condition reaches the model, batch by batch (today ``edit_for``, the per-sample token
-        edit); they go to :func:`vlmloc.evaluate.run_condition` unchanged, so a new kind of hook
-        needs no change here. A condition without hooks is the unedited model.
+        condition reaches the model, batch by batch (``edit_for``, the per-sample token edit;
+        ``interventions_for`` and ``prefix_for``); they go to :func:`vlmloc.evaluate.run_condition`
+        unchanged, so a new kind of hook needs no change here. A condition without hooks is the
+        unedited model. ``samples``: a subset to run now (one batch, say); the records are then
+        returned but not kept, since they are not the condition's all.
         """
         p = self.params
         recs = run_condition(
             self.vlm,
-            self.samples,
+            self.samples if samples is None else samples,
             task,
             self.store,
             condition,
@@ -211,7 +301,8 @@ class Experiment:
             progress=progress,
             **hooks,
         )
-        self.records[(condition, task)] = recs
+        if samples is None:
+            self.records[(condition, task)] = recs
         return recs
 
     def run_both(

@@ -23,7 +23,7 @@ uninterrupted one would. Tables and findings are in :mod:`vlmloc.report.ch02`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,7 @@ from ..attribution import integrated_gradients, teacher_forced_answer, top_k
 from ..data import Sample
 from ..evaluate import EditFor, summarize
 from ..families import TASKS
-from ..geometry import ImageLayout
+from ..geometry import ImageLayout, index_layout
 from ..interventions import (
     grown_indices,
     pad_within_views,
@@ -46,7 +46,7 @@ from ..interventions import (
     shuffle_within_views,
 )
 from ..store import ResultsStore
-from .base import Experiment, RunParams, rate, sample_rng, with_change
+from .base import Experiment, RunParams, mean_key, rate, sample_rng, with_change
 
 __all__ = [
     "ABLATIONS",
@@ -55,7 +55,7 @@ __all__ = [
     "Containerization",
     "ContainerizationParams",
     "contrast_model",
-    "index_layout",
+    "padding_example_order",
     "run_containerization",
 ]
 
@@ -78,19 +78,6 @@ class ContainerizationParams(RunParams):
     ig_steps: int = 16
     ig_step_batch: int | None = None
     n_std: float = 2.0
-
-
-def index_layout(vlm: VLM, sample: Sample) -> ImageLayout:
-    """The sample's views with ``positions = 0..n-1``: token sets as indices, without encoding a prompt."""
-    size = (sample.width, sample.height)
-    views = vlm.views(size)
-    return ImageLayout(torch.arange(sum(v.n_tokens for v in views)), views, size)
-
-
-def _mean_key(mean: torch.Tensor) -> str:
-    """A short fingerprint of the replacement vector for the result configs."""
-    m = mean.float()
-    return f"{m.numel()}:{float(m.norm()):.6g}:{float(m.sum()):.6g}"
 
 
 class Containerization(Experiment):
@@ -159,7 +146,7 @@ class Containerization(Experiment):
         """Top-k Integrated-Gradients tokens per sample (k = number of object tokens), stored resumably."""
         p = self.params
         log = self.store.condition(
-            f"tokens-ig-{task}", self.config(ig_steps=p.ig_steps, baseline="mean", mean=_mean_key(p.mean))
+            f"tokens-ig-{task}", self.config(ig_steps=p.ig_steps, baseline="mean", mean=mean_key(p.mean))
         )
         pending = set(log.pending([s.sample_id for s in self.samples]))
         for s in tqdm(self.samples, desc=f"IG · {task}", disable=not progress, leave=False):
@@ -233,7 +220,7 @@ class Containerization(Experiment):
     # --- experiments ---------------------------------------------------------------------------
     def _ablation_config(self, name: str) -> dict[str, Any]:
         """The settings that key an ablation's records: the set, the replacement and how the set was made."""
-        extra: dict[str, Any] = {"ablate": name, "replacement": "mean", "mean": _mean_key(self.params.mean)}
+        extra: dict[str, Any] = {"ablate": name, "replacement": "mean", "mean": mean_key(self.params.mean)}
         if name == "ig":
             extra["ig_steps"] = self.params.ig_steps
         if name == "register":
@@ -307,6 +294,32 @@ class Containerization(Experiment):
         y0, y1 = max(0.0, y0), min(float(h), y1)
         return 100 * max(0.0, x1 - x0) * max(0.0, y1 - y0) / (w * h)
 
+    def padding_examples(self, k: int = 3) -> list[dict]:
+        """What the padding figure draws for ``k`` objects (:func:`padding_example_order` picks them).
+
+        Per object: the image, its global view, the true box and, per ``p``, the edit, the grown
+        container's grid, the predicted box and its area (% of the image; 0 without a box).
+        Run :meth:`padding` first.
+        """
+        by_id = {p: {r["sample_id"]: r for r in rs} for p, rs in self.padding_records().items()}
+        examples = []
+        for s in padding_example_order(self.samples, by_id)[:k]:
+            lay = index_layout(self.vlm, s)
+            per_p = {}
+            for p in PADDINGS:
+                r = by_id[p][s.sample_id]
+                per_p[p] = {
+                    "edit": self.padding_edit(p)(s, lay) if p else None,
+                    "grid": self.container_cells(s, p)[1],
+                    "pred": r.get("box"),
+                    "area": r.get("box_area") or 0.0,
+                }
+            view = lay.views_of_kind("global")[0]
+            examples.append(
+                {"image": s.load_image(), "view": view, "box": s.box, "category": s.category, "p": per_p}
+            )
+        return examples
+
     def shuffle(self, progress: bool = True) -> dict:
         """Table 2: global and intra-object shuffles, both tasks."""
         base = self.baseline(progress)
@@ -348,6 +361,7 @@ class Containerization(Experiment):
             "ig": self.ig_summary(),
             "register_tokens_per_image": rate(np.mean(reg)) if reg else None,
             "timings_s": self.timings.rounded(),
+            **self.provenance(),
             **self.params.extra,
         }
 
@@ -370,6 +384,22 @@ class Containerization(Experiment):
         padding = self.padding(progress)
         shuffle = self.shuffle(progress)
         return self.summary(ablation, padding, shuffle)
+
+
+def padding_example_order(samples: Sequence[Sample], by_id: Mapping[int, Mapping[str, dict]]) -> list[Sample]:
+    """``samples`` best first for the padding figure: most parsed boxes over ``p``, then most growth.
+
+    ``by_id[p][sample_id]`` is the sample's localization record with ``p`` rings. Growth is the
+    predicted box area at the largest ``p`` minus that at ``p = 0`` (0 when either has no box), so
+    the figure shows boxes at every ``p`` where it can and, among those, the clearest growth.
+    """
+
+    def rank(s: Sample) -> tuple[int, float]:
+        areas = [by_id[p][s.sample_id].get("box_area") for p in PADDINGS]
+        growth = areas[-1] - areas[0] if None not in (areas[0], areas[-1]) else 0.0
+        return (sum(a is not None for a in areas), growth)
+
+    return sorted(samples, key=rank, reverse=True)
 
 
 def contrast_model(model_id: str, requested: str | None = "auto") -> str | None:

@@ -19,15 +19,16 @@ index layouts, resumable conditions) and adds what is new here (the book's metho
 
 Tables and findings are in :mod:`vlmloc.report.ch03`, the figures in :mod:`vlmloc.plots.views`::
 
-    exp = ViewAblation(vlm, samples, sizes, ViewParams(config, mean), store)
+    params = ViewParams.from_vlm(vlm, data=ann_path, seed=seed, mean=mean,
+                                 record={"min_area_frac": MIN_AREA_FRAC, "n_reference": 64})
+    exp = ViewAblation(vlm, samples, sizes, params, store)
     summary = exp.run_all()                  # baseline + :data:`CONDITIONS`, overall and by size
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +38,13 @@ import torch
 
 from ..adapter import VLM
 from ..data import Sample
-from ..evaluate import EditFor, run_condition
+from ..evaluate import EditFor
 from ..families import TASKS
-from ..geometry import ImageLayout, View
+from ..geometry import ImageLayout, View, index_layout
 from ..interventions import random_indices, replace_with
 from ..params import ParameterError
 from ..store import ResultsStore
-from .base import loc_cls, rate, sample_rng, with_change
-from .ch02_containerization import index_layout
+from .base import Experiment, RunParams, loc_cls, mean_key, rate, sample_rng, with_change
 
 __all__ = [
     "CONDITIONS",
@@ -55,6 +55,7 @@ __all__ = [
     "SingleViewModelError",
     "ViewAblation",
     "ViewParams",
+    "example_object",
     "has_both_views",
     "multi_view_ids",
     "reference_samples",
@@ -144,6 +145,15 @@ class Selection:
     qualified: dict[str, int]  # ... of them in images with tiles and a thumbnail
     drawn: dict[str, int]
 
+    def record(self) -> dict:
+        """The counts per size class at each step and how the draw went, for the summary JSON."""
+        return {
+            "pool": self.pool,
+            "multi_view": self.qualified,
+            "drawn": self.drawn,
+            "how": "seeded shuffle, then round-robin over small, medium, large among objects of multi-view images",
+        }
+
     def table(self) -> pd.DataFrame:
         rows = [
             {
@@ -210,6 +220,12 @@ def reference_samples(every: Sequence[Sample], evaluated: Sequence[Sample], n: i
     return out
 
 
+def example_object(samples: Sequence[Sample], sizes: Mapping[str, str]) -> Sample:
+    """The object the chapter draws view by view: the first medium one (else the first of all),
+    large enough to show in the thumbnail, small enough to leave most of the tiles untouched."""
+    return next((s for s in samples if sizes[s.sample_id] == "medium"), samples[0])
+
+
 def view_token_sets(layout: ImageLayout, mask: np.ndarray, seed: int, sample_id: str) -> dict[str, Any]:
     """The index sets of :data:`CONDITIONS` for one object, plus the view sizes.
 
@@ -240,25 +256,18 @@ def view_token_sets(layout: ImageLayout, mask: np.ndarray, seed: int, sample_id:
     }
 
 
-def _mean_key(mean: torch.Tensor) -> str:
-    m = mean.float()
-    return f"{m.numel()}:{float(m.norm()):.6g}:{float(m.sum()):.6g}"
+@dataclass(kw_only=True)
+class ViewParams(RunParams):
+    """:class:`RunParams` plus ``mean``, the replacement vector (the mean visual embedding over a
+    reference set disjoint from the samples)."""
 
-
-@dataclass
-class ViewParams:
-    """``config`` keys the records (weights, data, seed, ...); ``mean`` is the replacement vector."""
-
-    config: dict
     mean: torch.Tensor
-    seed: int = 0
-    batch_size: int = 16
-    max_new_tokens: int = 24
-    extra: dict = field(default_factory=dict)  # copied into the summary
 
 
-class ViewAblation:
+class ViewAblation(Experiment):
     """Runs chapter 3's conditions for one multi-view model, resumably, overall and by size class."""
+
+    params: ViewParams
 
     def __init__(
         self,
@@ -268,26 +277,19 @@ class ViewAblation:
         params: ViewParams,
         store: ResultsStore,
     ) -> None:
-        if not samples:
-            raise ValueError("ViewAblation needs at least one sample; check n_samples and the data")
-        self.vlm = vlm
-        self.samples = list(samples)
+        super().__init__(vlm, samples, params, store)
         self.sizes = dict(sizes)
         missing = [s.sample_id for s in self.samples if s.sample_id not in self.sizes]
         if missing:
             raise ValueError(f"no size class for {len(missing)} sample(s), e.g. {missing[0]}")
-        self.params = params
-        self.store = store
         self.sets: dict[str, dict[str, Any]] = {}
-        self.records: dict[tuple[str, str], list[dict]] = {}
-        self.timings: dict[str, float] = {}
 
     def token_sets(self) -> dict[str, dict[str, Any]]:
         """Per sample: the index sets of :func:`view_token_sets` (computed once)."""
         if not self.sets:
             for s in self.samples:
                 lay = index_layout(self.vlm, s)
-                self.sets[s.sample_id] = view_token_sets(lay, s.mask(), self.params.seed, s.sample_id)
+                self.sets[s.sample_id] = view_token_sets(lay, self.mask(s), self.params.seed, s.sample_id)
         return self.sets
 
     def edit(self, name: str) -> EditFor:
@@ -300,25 +302,6 @@ class ViewAblation:
             return replace_with(layout, sets[sample.sample_id][name], mean)
 
         return edit_for
-
-    def run(
-        self, condition: str, task: str, edit_for: EditFor | None, progress: bool, **extra: Any
-    ) -> list[dict]:
-        p = self.params
-        recs = run_condition(
-            self.vlm,
-            self.samples,
-            task,
-            self.store,
-            condition,
-            {**p.config, **extra, "max_new_tokens": p.max_new_tokens},
-            batch_size=p.batch_size,
-            edit_for=edit_for,
-            max_new_tokens=p.max_new_tokens,
-            progress=progress,
-        )
-        self.records[(condition, task)] = recs
-        return recs
 
     def token_share(self, name: str) -> float:
         """Mean share (%) of an image's visual tokens that set ``name`` replaces."""
@@ -338,32 +321,30 @@ class ViewAblation:
         return out
 
     def baseline(self, progress: bool = True) -> dict:
-        t0 = time.perf_counter()
-        for task in TASKS:
-            self.run("baseline", task, None, progress)
-        self.timings.setdefault("baseline", time.perf_counter() - t0)
+        """The unedited model on both tasks; its :meth:`entry` (overall and by size)."""
+        super().baseline(progress)
         return self.entry("baseline")
 
     def ablation(self, progress: bool = True, names: Sequence[str] = CONDITIONS) -> dict:
         """Each of ``names`` replaced by the mean, both tasks; entries carry the change from the baseline."""
         base = self.baseline(progress)
         self.token_sets()
-        t0 = time.perf_counter()
         out = {}
-        mk = _mean_key(self.params.mean)
-        for name in names:
-            for task in TASKS:
-                self.run(
-                    f"views-{name}", task, self.edit(name), progress, ablate=name, replacement="mean", mean=mk
-                )
-            e = _with_change(self.entry(f"views-{name}"), base)
-            out[name] = {**e, "token_share": rate(self.token_share(name))}
-        self.timings["ablation"] = self.timings.get("ablation", 0.0) + time.perf_counter() - t0
+        mk = mean_key(self.params.mean)
+        with self.timings.timed("ablation"):
+            for name in names:
+                config = {"ablate": name, "replacement": "mean", "mean": mk}
+                for task in TASKS:
+                    self.run(f"views-{name}", task, progress, config, edit_for=self.edit(name))
+                e = _with_change(self.entry(f"views-{name}"), base)
+                out[name] = {**e, "token_share": rate(self.token_share(name))}
         return out
 
-    def summary(self, ablation: Mapping) -> dict:
+    def summary(self, ablation: Mapping, selection: Selection | None = None) -> dict:
+        """The chapter's summary JSON (without findings and runtimes, which the notebook adds);
+        ``selection`` says how the objects were drawn."""
         sets = self.token_sets().values()
-        return {
+        out = {
             "model_id": self.vlm.model_id,
             "n_samples": len(self.samples),
             "seed": self.params.seed,
@@ -376,9 +357,15 @@ class ViewAblation:
                 "object_in_thumbnail": rate(np.mean([len(v["global"]) for v in sets])),
                 "object_in_tiles": rate(np.mean([len(v["local"]) for v in sets])),
             },
-            "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
+            "timings_s": self.timings.rounded(),
+            **self.provenance(),
+            "min_area_frac": MIN_AREA_FRAC,
+            "size_classes": {"small_below_share": SMALL_MAX_SHARE, "large_above_share": LARGE_MIN_SHARE},
             **self.params.extra,
         }
+        if selection is not None:
+            out["selection"] = selection.record()
+        return out
 
     def run_all(self, progress: bool = True) -> dict:
         return self.summary(self.ablation(progress))

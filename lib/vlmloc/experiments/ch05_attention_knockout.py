@@ -17,15 +17,15 @@ one would.
 
 Tables and findings are in :mod:`vlmloc.report.ch05`, the figures in :mod:`vlmloc.plots.knockout`::
 
-    exp = Knockout(vlm, samples, KnockoutParams(config, window=4, stride=1), store)
+    params = KnockoutParams.from_vlm(vlm, data=ann_path, n_samples=64, seed=0, window=4, stride=1)
+    exp = Knockout(vlm, samples, params, store)
     summary = exp.run_all()    # written to 05_attention_knockout.json
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,15 +33,14 @@ from tqdm.auto import tqdm
 
 from ..adapter import VLM, Prefix
 from ..data import Sample
-from ..evaluate import InterventionsFor, PrefixFor, run_condition
+from ..evaluate import InterventionsFor, PrefixFor
 from ..families import TASKS
-from ..geometry import ImageLayout
+from ..geometry import ImageLayout, index_layout
 from ..interventions import AttentionKnockout, layer_windows, random_indices
 from ..paper import KNOCKOUT_LAYERS, MODELS, N_LAYERS, knockout_layers
-from ..report.common import se_of_difference
+from ..stats import se_of_difference
 from ..store import ResultsStore
-from .base import loc_cls, rate, sample_rng, with_change
-from .ch02_containerization import index_layout
+from .base import Experiment, RunParams, rate, sample_rng, with_change
 
 __all__ = [
     "CHAPTER",
@@ -79,40 +78,29 @@ def query_from(layout: ImageLayout) -> int:
     return int(layout.positions.max()) + 1
 
 
-@dataclass
-class KnockoutParams:
-    """What the experiment needs besides the model, the samples and the store.
+@dataclass(kw_only=True)
+class KnockoutParams(RunParams):
+    """:class:`RunParams` plus the windows: ``window`` consecutive layers, sliding by ``stride``.
 
-    ``config`` keys every condition's records (weights, dtype, data, n_samples, seed, ...);
-    the token set and the layers are added per condition.
+    The token set and the layers are added to ``config`` per condition.
     """
 
-    config: dict
-    seed: int = 0
     window: int = 4
     stride: int = 1
-    batch_size: int = 16
-    max_new_tokens: int = 24
     reuse_prefix: bool = True  # run the image prefix once per batch for all conditions (exact)
-    extra: dict = field(default_factory=dict)  # copied into the summary
 
 
-class Knockout:
+class Knockout(Experiment):
     """Runs chapter 5's conditions for one model and sample set, resumably, and summarizes them."""
+
+    params: KnockoutParams
 
     def __init__(
         self, vlm: VLM, samples: Sequence[Sample], params: KnockoutParams, store: ResultsStore
     ) -> None:
-        if not samples:
-            raise ValueError("the knockout needs at least one sample; check n_samples")
-        self.vlm = vlm
-        self.samples = list(samples)
-        self.params = params
-        self.store = store
+        super().__init__(vlm, samples, params, store)
         self.windows = layer_windows(vlm.n_layers, params.window, params.stride)
         self.sets: dict[str, dict[str, np.ndarray]] = {}
-        self.records: dict[tuple[str, str], list[dict]] = {}
-        self.timings: dict[str, float] = {}
         self._prefixes: dict[bytes, Prefix] = {}
 
     # --- what is blocked where -----------------------------------------------------------------
@@ -127,7 +115,7 @@ class Knockout:
         if not self.sets:
             for s in self.samples:
                 lay = index_layout(self.vlm, s)
-                obj = lay.object_indices(s.mask())
+                obj = lay.object_indices(self.mask(s))
                 self.sets[s.sample_id] = {
                     "object": obj,
                     "random": random_indices(
@@ -168,48 +156,29 @@ class Knockout:
 
         return get
 
-    def run(
+    def run_knockout(
         self,
-        condition: str,
+        token_set: str,
+        label: str,
+        layers: Sequence[int],
         task: str,
-        build: InterventionsFor | None,
-        progress: bool,
         samples: Sequence[Sample] | None = None,
-        **extra: Any,
     ) -> list[dict]:
-        """One condition on one task through :func:`vlmloc.evaluate.run_condition` (resumable).
+        """The knockout of ``token_set`` in ``layers`` (window ``label``) on ``task``, resumably.
 
-        ``samples``: a subset to run now (one batch); the records kept are all of the condition's.
+        ``samples``: a subset to run now (one batch); see :meth:`Experiment.run`.
         """
-        p = self.params
-        recs = run_condition(
-            self.vlm,
-            self.samples if samples is None else samples,
+        return self.run(
+            f"ko-{token_set}-{label}",
             task,
-            self.store,
-            condition,
-            {**p.config, **extra, "max_new_tokens": p.max_new_tokens},
-            batch_size=p.batch_size,
-            max_new_tokens=p.max_new_tokens,
-            progress=progress,
-            interventions_for=build,
-            prefix_for=None if build is None else self.prefix_for(),
+            False,
+            {"block": token_set, "layers": layers},
+            samples,
+            interventions_for=self.interventions_for(token_set, layers),
+            prefix_for=self.prefix_for(),
         )
-        if samples is None:
-            self.records[(condition, task)] = recs
-        return recs
 
     # --- experiments ---------------------------------------------------------------------------
-    def _loc_cls(self, condition: str) -> dict:
-        return loc_cls({task: self.records[(condition, task)] for task in TASKS})
-
-    def baseline(self, progress: bool = True) -> dict:
-        t0 = time.perf_counter()
-        for task in TASKS:
-            self.run("baseline", task, None, progress)
-        self.timings.setdefault("baseline", time.perf_counter() - t0)
-        return self._loc_cls("baseline")
-
     def conditions(self, token_sets: Sequence[str] = TOKEN_SETS) -> list[tuple[str, str, list[int]]]:
         """``(token set, window label, layers)`` of every knockout condition."""
         unknown = [n for n in token_sets if n not in TOKEN_SETS]
@@ -225,25 +194,22 @@ class Knockout:
         """
         base = self.baseline(progress)
         conds = self.conditions(token_sets)
-        t0 = time.perf_counter()
-        bs = self.params.batch_size
-        chunks = [self.samples[i : i + bs] for i in range(0, len(self.samples), bs)]
-        bar = tqdm(total=len(chunks) * len(conds) * len(TASKS), desc="knockout", disable=not progress)
-        for chunk in chunks:
-            for task in TASKS:
-                for name, label, layers in conds:
-                    build = self.interventions_for(name, layers)
-                    self.run(f"ko-{name}-{label}", task, build, False, chunk, block=name, layers=layers)
-                    bar.update()
-            self._prefixes.clear()
-        bar.close()
-        out: dict[str, dict] = {}
-        for name, label, layers in conds:
-            for task in TASKS:  # every record is there now: this only reads them back
-                build = self.interventions_for(name, layers)
-                self.run(f"ko-{name}-{label}", task, build, False, block=name, layers=layers)
-            out.setdefault(name, {})[label] = with_change(self._loc_cls(f"ko-{name}-{label}"), base)
-        self.timings["knockout"] = time.perf_counter() - t0
+        with self.timings.timed("knockout"):
+            bs = self.params.batch_size
+            chunks = [self.samples[i : i + bs] for i in range(0, len(self.samples), bs)]
+            bar = tqdm(total=len(chunks) * len(conds) * len(TASKS), desc="knockout", disable=not progress)
+            for chunk in chunks:
+                for task in TASKS:
+                    for name, label, layers in conds:
+                        self.run_knockout(name, label, layers, task, chunk)
+                        bar.update()
+                self._prefixes.clear()
+            bar.close()
+            out: dict[str, dict] = {}
+            for name, label, layers in conds:
+                for task in TASKS:  # every record is there now: this only reads them back
+                    self.run_knockout(name, label, layers, task)
+                out.setdefault(name, {})[label] = with_change(self.loc_cls(f"ko-{name}-{label}"), base)
         return out
 
     def answers(self, token_set: str, task: str) -> dict[str, list[str]]:
@@ -272,7 +238,7 @@ class Knockout:
             "stride": self.params.stride,
             "windows": list(self.layer_sets()),
             "token_share": {n: rate(self.token_share(n)) for n in TOKEN_SETS},
-            "baseline": self._loc_cls("baseline"),
+            "baseline": self.loc_cls("baseline"),
             "knockout": dict(knockout),
             "paper": {
                 "model": MODELS[paper_model],
@@ -281,7 +247,10 @@ class Knockout:
                 "layers": [first, last],
                 "paper_layers": list(knockout_layers(paper_model, N_LAYERS[paper_model])),
             },
-            "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
+            "timings_s": self.timings.rounded(),
+            **self.provenance(),
+            "max_new_tokens": self.params.max_new_tokens,
+            "reuse_prefix": self.params.reuse_prefix,
             **self.params.extra,
         }
         out["most_harmful"] = {task: most_harmful(out, task) for task in TASKS}

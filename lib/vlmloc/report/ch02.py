@@ -8,14 +8,16 @@ findings, come from :mod:`vlmloc.paper`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 
+import numpy as np
 import pandas as pd
 
 from ..experiments.ch02_containerization import ABLATIONS, PADDINGS, SHUFFLES
 from ..paper import INTERNVL_8B, LLAVA_7B, MODELS, RESULTS, conditions_of, paper_result
-from .common import can_drop, rate_cell, se_of_difference
+from ..stats import se_of_difference
+from .common import can_drop, rate_cell
 
 __all__ = [
     "LABELS",
@@ -24,9 +26,12 @@ __all__ = [
     "ablation_table",
     "contrast_findings",
     "contrast_table",
+    "ig_table",
+    "padding_examples_finding",
     "padding_finding",
     "padding_table",
     "shuffle_finding",
+    "sets_finding",
     "shuffle_table",
 ]
 
@@ -295,3 +300,59 @@ def contrast_findings(summary: Mapping, contrast: Mapping) -> dict[str, str]:
         else:
             padding += "; they do not differ beyond 2 standard errors."
     return {"contrast_shuffle": shuffle, "contrast_padding": padding}
+
+
+# --- token sets and the padding examples (the notebook's figures) -----------------------------
+
+
+def sets_finding(model_id: str, sets: Mapping[str, Mapping], ig: Mapping, object_share: float) -> str:
+    """How the IG sets and register tokens came out: ``sets`` per object (from
+    :meth:`~vlmloc.experiments.ch02_containerization.Containerization.token_sets`), ``ig`` its
+    ``ig_summary()``, ``object_share`` the mean share (%) of tokens the object covers."""
+    registers = np.mean([len(v["register"]) for v in sets.values()])
+    return (
+        f"Over the {len(sets)} objects of {model_id}, {ig['localization']['on_object']:.0f}% of the top IG tokens "
+        f"for localization fall on the object, which covers {object_share:.1f}% of the tokens "
+        "(what random tokens would hit); "
+        f"an image has {registers:.1f} register tokens on average."
+    )
+
+
+def ig_table(ig_records: Mapping[str, Mapping[str, Mapping]], ig: Mapping) -> pd.DataFrame:
+    """IG's completeness per task: the attributions must add up to ``f(x) - f(x')`` on every object.
+
+    ``ig_records`` are the per-object IG records per task, ``ig`` the experiment's ``ig_summary()``.
+    """
+    rows = []
+    for task, recs in ig_records.items():
+        delta = np.array([r["f_input"] - r["f_baseline"] for r in recs.values()])
+        gap = np.abs(np.array([r["attr_sum"] for r in recs.values()]) - delta)
+        rows.append(
+            {
+                "task": task,
+                "median |f(x) - f(x')|": np.median(np.abs(delta)),
+                "median |sum a - (f(x) - f(x'))|": np.median(gap),
+                "median relative gap %": 100 * np.median(gap / np.maximum(np.abs(delta), 1e-9)),
+                "top-k IG tokens on the object %": ig[task]["on_object"],
+                "objects": len(delta),
+            }
+        )
+    return pd.DataFrame(rows).set_index("task").round(4)
+
+
+def padding_examples_finding(model_id: str, examples: Sequence[Mapping]) -> str:
+    """What the padding examples show: their mean predicted box area per ``p``, over the examples
+    with a box at every ``p`` (``examples`` from
+    :meth:`~vlmloc.experiments.ch02_containerization.Containerization.padding_examples`)."""
+    grown = [ex for ex in examples if all(ex["p"][p]["pred"] is not None for p in PADDINGS)]
+    if grown:
+        areas = ", ".join(f"{np.mean([ex['p'][p]['area'] for ex in grown]):.1f}%" for p in PADDINGS)
+        return (
+            f"In the {len(grown)} examples shown with a box at every p (picked for the largest growth), "
+            f"{model_id}'s predicted box covers {areas} of the image on average for p = 0, 1, 2."
+        )
+    boxes = sum(ex["p"][p]["pred"] is not None for ex in examples for p in PADDINGS)
+    return (
+        f"No object shown got a parsable box from {model_id} at every p, so these examples cannot show "
+        f"growth ({boxes} of {3 * len(examples)} panels have a box)."
+    )

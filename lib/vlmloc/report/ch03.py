@@ -7,22 +7,28 @@ plain summaries, so the tables and findings are testable without a model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 
+import numpy as np
 import pandas as pd
 
-from ..experiments.ch03_views import CONDITIONS, MIN_FINDING_N, SIZE_CLASSES
+from ..data import Sample
+from ..experiments.ch03_views import CONDITIONS, MIN_FINDING_N, SIZE_CLASSES, Selection
 from ..paper import MODELS, RESULTS, VIEWS_BY_SIZE, VIEWS_CONDITIONS
-from .common import can_drop, chapter_runs, rate_cell, se_of_difference
+from ..stats import se_of_difference
+from .common import can_drop, chapter_runs, rate_cell
 
 __all__ = [
     "LABELS",
     "PAPER_CONDITION",
     "PAPER_MODEL",
     "by_size_table",
+    "example_finding",
     "findings",
     "results_table",
+    "selection_finding",
+    "token_table",
     "views_table",
 ]
 
@@ -278,3 +284,66 @@ def findings(summary: Mapping) -> dict[str, str]:
         "small": _finding_size(summary, "small"),
         "large": _finding_size(summary, "large"),
     }
+
+
+# --- the objects and their token sets (the notebook's first sections) -------------------------
+
+
+def selection_finding(model_id: str, selection: Selection) -> str:
+    """How the objects were drawn: the pool, those in multi-view images and the draw per size class."""
+    table = selection.table()
+    short = [c for c in SIZE_CLASSES if selection.drawn[c] < MIN_FINDING_N]
+    tail = (
+        f" ({', '.join(short)} below {MIN_FINDING_N}, so no finding for {'it' if len(short) == 1 else 'them'})."
+        if short
+        else f" (every class has at least {MIN_FINDING_N}, enough for a finding each)."
+    )
+    return (
+        f"Of the {table.loc['all', 'objects (filter)']} objects that pass the filter, "
+        f"{table.loc['all', 'in multi-view images']} lie in images that {model_id} sees as tiles and a "
+        "thumbnail; the draw took " + ", ".join(f"{selection.drawn[c]} {c}" for c in SIZE_CLASSES) + tail
+    )
+
+
+def token_table(sets: Mapping[str, Mapping], sizes: Mapping[str, str]) -> pd.DataFrame:
+    """Mean object and view token counts per size class and overall (``sets`` per sample id)."""
+    rows = []
+    for c in (*SIZE_CLASSES, "all"):
+        ids = [i for i in sets if c in ("all", sizes[i])]
+        if not ids:
+            continue
+        rows.append(
+            {
+                "size": c,
+                "objects": len(ids),
+                "object tokens in the thumbnail": np.mean([len(sets[i]["global"]) for i in ids]),
+                "object tokens in the tiles": np.mean([len(sets[i]["local"]) for i in ids]),
+                "thumbnail tokens": np.mean([sets[i]["n_global"] for i in ids]),
+                "tile tokens": np.mean([sets[i]["n_local"] for i in ids]),
+            }
+        )
+    return pd.DataFrame(rows).set_index("size").round(1)
+
+
+def example_finding(
+    model_id: str, example: Sample, samples: Sequence[Sample], sizes: Mapping[str, str], sets: Mapping
+) -> str:
+    """The example's object tokens per view, beside the mean per size class over all ``samples``."""
+    view_sets = sets[example.sample_id]
+    per_size = {}
+    for c in SIZE_CLASSES:
+        ids = [s.sample_id for s in samples if sizes[s.sample_id] == c]
+        if ids:
+            per_size[c] = (
+                np.mean([len(sets[i]["global"]) for i in ids]),
+                np.mean([len(sets[i]["local"]) for i in ids]),
+            )
+    return (
+        f"This {example.category} covers {len(view_sets['global'])} of the thumbnail's {view_sets['n_global']} tokens "
+        f"and {len(view_sets['local'])} of the tiles' {view_sets['n_local']}; over the {len(samples)} objects on "
+        f"{model_id} the thumbnail holds "
+        + ", ".join(f"{g:.1f}" for g, _ in per_size.values())
+        + " and the tiles "
+        + ", ".join(f"{t:.1f}" for _, t in per_size.values())
+        + f" object tokens for {', '.join(per_size)} objects."
+    )

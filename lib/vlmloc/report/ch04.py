@@ -12,8 +12,14 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from ..experiments.ch04_position_decoding import CHAPTER, CONTROL_MIN, CONTROL_Z, mean_row_col
-from ..paper import MODELS, POSITION_PEAKS
+from ..experiments.ch04_position_decoding import (
+    CHAPTER,
+    CONTROL_MIN,
+    CONTROL_Z,
+    mean_row_col,
+    paper_scale_cost,
+)
+from ..paper import MODELS, POSITION_PEAKS, POSITION_PROBES
 from .common import chapter_runs
 
 __all__ = [
@@ -24,6 +30,7 @@ __all__ = [
     "corner_table",
     "corner_verdict",
     "decoding_finding",
+    "paper_scale_rows",
     "peak_table",
     "site_table",
     "tower_finding",
@@ -31,6 +38,32 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- tables
+
+
+def paper_scale_rows() -> list[dict]:
+    """The cost table's rows for the paper's runs (50k/10k images): activations per batch (batch 16
+    on LLaVA, 4 on InternVL), image forwards, GPU hours at 150 TFLOP/s and one LLM layer's training
+    tokens, which streaming never holds."""
+    rows = []
+    for mid in POSITION_PEAKS:
+        batch = 16 if "llava" in mid else 4
+        c = paper_scale_cost(
+            mid,
+            POSITION_PROBES["n_train"],
+            POSITION_PROBES["n_test"],
+            POSITION_PROBES["epochs"],
+            batch_size=batch,
+        )
+        rows.append(
+            {
+                "model": f"{mid} at 50k/10k",
+                "activations per batch": f"{c['batch_gb']:.1f} GB (batch {batch})",
+                "image forwards": c["forwards"],
+                "time": f"~{c['hours']:.0f} GPU hours at 150 TFLOP/s",
+                "one LLM layer, all training tokens": f"{c['one_llm_layer_all_train_gb']:.0f} GB (never held)",
+            }
+        )
+    return rows
 
 
 def site_table(summary: Mapping) -> pd.DataFrame:

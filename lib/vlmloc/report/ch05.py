@@ -24,7 +24,8 @@ from ..experiments.ch05_attention_knockout import (
 )
 from ..families import TASKS
 from ..paper import KNOCKOUT_LAYERS, MODELS, N_LAYERS, knockout_layers
-from .common import can_drop, chapter_runs, rate_cell, se_of_difference
+from ..stats import se_of_difference
+from .common import can_drop, chapter_runs, rate_cell
 
 __all__ = [
     "NAME",

@@ -1,4 +1,6 @@
-"""What every chapter's report shares: display, rounding and the statistics of a difference."""
+"""What every chapter's report shares: display, rounding and which baselines can show a drop.
+
+The statistics of a difference live in :mod:`vlmloc.stats`."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["can_drop", "chapter_runs", "number", "rate_cell", "se_of_difference", "styled"]
+__all__ = ["can_drop", "chapter_runs", "number", "rate_cell", "styled"]
 
 
 def number(x: Any, nd: int = 2) -> float | None:
@@ -32,11 +34,6 @@ def rate_cell(value: float, se: float | None = None, change: float | None = None
     if change is not None:
         text += f" {'↑' if change > 0 else '↓'}{abs(change):.1f}"
     return text
-
-
-def se_of_difference(*ses: float) -> float:
-    """Standard error of a difference, treating the conditions as independent (conservative when paired)."""
-    return math.sqrt(sum(s * s for s in ses))
 
 
 def can_drop(baseline: Any, key: str) -> bool:
