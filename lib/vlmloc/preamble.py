@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .chapter_registry import get
+from .experiments.base import record_config  # the notebooks' record config, one call away
 from .params import check_schema
 from .registry import model_ids
 
@@ -75,12 +76,3 @@ def start(chapter: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
     _quiet(get(chapter).quiet)
     print(stamp(params.get("device", "cpu")))
     return params
-
-
-def record_config(vlm: Any, **keys: Any) -> dict[str, Any]:
-    """The config a chapter's records are keyed by: the weights, the dtype, then the chapter's ``keys``.
-
-    ``{"model": <weights fingerprint>, "dtype": "float32", **keys}`` in this order, exactly what
-    each notebook built by hand (a changed key starts new records; the same key resumes them).
-    """
-    return dict(model=vlm.fingerprint, dtype=str(vlm.dtype).removeprefix("torch."), **keys)
