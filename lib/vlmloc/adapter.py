@@ -194,7 +194,7 @@ class VLM:
     def generate(
         self,
         enc: Any,
-        max_new_tokens: int = 24,
+        max_new_tokens: int | None = None,
         edit: EmbedEdit | None = None,
         interventions: Sequence[Intervention] = (),
         step_logits: list | None = None,
@@ -207,7 +207,9 @@ class VLM:
         query). Pass a list as ``step_logits`` to get each step's next-token logits ``[B, V]``.
         ``prefix`` (:meth:`prefix` of the same ``enc``) starts from its KV cache, so the prefill
         runs only the positions after it; the interventions must leave those positions alone.
+        ``max_new_tokens`` defaults to the family's ``answer_tokens``.
         """
+        max_new_tokens = max_new_tokens or self.family.answer_tokens
         kinds = self._kinds(edit, interventions)
         prompt_len = int(enc["input_ids"].shape[1])
         lm_head = self.sites.lm_head

@@ -28,6 +28,7 @@ from .params import (
     number,
     one_of,
     positive_int,
+    positive_int_or_none,
 )
 from .registry import UnknownModelError, get_spec
 
@@ -221,7 +222,7 @@ CHAPTERS: tuple[Chapter, ...] = (
             *_data(64, batch_size=64),
             Param("window", "int", 4, positive_int(4)),
             Param("stride", "int", 1, positive_int(4)),
-            Param("max_new_tokens", "int", 24, positive_int(4)),
+            Param("max_new_tokens", "int | None", None, positive_int_or_none(32)),
             Param("reuse_prefix", "bool", True, flag("pass -p {name} True")),
             Param("progress", "bool", True, flag("pass -p {name} True")),
         ),

@@ -56,7 +56,7 @@ def run_condition(
     config: dict,
     batch_size: int = 8,
     edit_for: EditFor | None = None,
-    max_new_tokens: int = 24,
+    max_new_tokens: int | None = None,
     progress: bool = True,
     interventions_for: InterventionsFor | None = None,
     prefix_for: PrefixFor | None = None,

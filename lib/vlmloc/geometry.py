@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:  # the adapter builds layouts from this module: a runtime import would be a cycle
-    from .adapter import VLM
+if TYPE_CHECKING:
     from .data import Sample
+
+
+class HasViews(Protocol):
+    """Anything that says an image's views (a loaded :class:`vlmloc.adapter.VLM`): geometry sits
+    below the model wrapper, which builds its layouts from this module."""
+
+    def views(self, image_size: tuple[int, int]) -> list[View]: ...
 
 
 @dataclass(frozen=True)
@@ -168,7 +174,7 @@ def grow_cells(grid: np.ndarray, rings: int) -> np.ndarray:
     return out
 
 
-def index_layout(vlm: VLM, sample: Sample) -> ImageLayout:
+def index_layout(vlm: HasViews, sample: Sample) -> ImageLayout:
     """The sample's views with ``positions = 0..n-1``: token sets as indices, without encoding a prompt.
 
     Token sets (the object's tokens, a random control, a view) are chosen once per sample as

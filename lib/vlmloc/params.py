@@ -34,6 +34,7 @@ __all__ = [
     "number",
     "one_of",
     "positive_int",
+    "positive_int_or_none",
     "validate_params",
 ]
 
@@ -222,6 +223,15 @@ def _plain_number(value: Any) -> bool:
 def positive_int(example: Any) -> Rule:
     """A positive integer; the hint passes ``example``."""
     return Rule(lambda v: _plain_int(v) and v > 0, "a positive integer", f"pass e.g. -p {{name}} {example}")
+
+
+def positive_int_or_none(example: Any) -> Rule:
+    """None (a default chosen later, e.g. by the model's family) or a positive integer."""
+    return Rule(
+        lambda v: v is None or (_plain_int(v) and v > 0),
+        "None or a positive integer",
+        f"pass e.g. -p {{name}} {example}",
+    )
 
 
 def int_at_least(low: int, example: Any) -> Rule:

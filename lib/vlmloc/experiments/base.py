@@ -39,6 +39,7 @@ own settings and adds its conditions; chapter 2's shuffles, in short
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -124,7 +125,7 @@ class RunParams:
     config: dict
     seed: int = 0
     batch_size: int = 16
-    max_new_tokens: int = 24
+    max_new_tokens: int | None = None  # None: the family's answer_tokens (24 for LLaVA and InternVL)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -242,6 +243,9 @@ class Experiment:
             raise ValueError(f"{type(self).__name__} needs at least one sample; check n_samples")
         self.vlm = vlm
         self.samples = list(samples)
+        family = getattr(vlm, "family", None)  # (unit tests pass stand-ins without one)
+        if params.max_new_tokens is None and family is not None:
+            params = dataclasses.replace(params, max_new_tokens=family.answer_tokens)
         self.params = params
         self.store = store
         self.records: dict[tuple[str, Task], list[dict]] = {}

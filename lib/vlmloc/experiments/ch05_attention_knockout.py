@@ -44,7 +44,7 @@ from .base import Experiment, RunParams, rate, sample_rng, with_change
 
 __all__ = [
     "CHAPTER",
-    "PAPER_MODEL",
+    "paper_range",
     "TOKEN_SETS",
     "Knockout",
     "KnockoutParams",
@@ -59,13 +59,23 @@ __all__ = [
 CHAPTER = "05_attention_knockout"
 #: Blocked token sets: the object, the random control, the whole image (upper bound).
 TOKEN_SETS: tuple[str, ...] = ("object", "random", "image")
-#: The paper model whose knockout range a family is compared with.
-PAPER_MODEL: dict[str, str] = {
-    "llava": "llava-hf/llava-1.5-7b-hf",
-    "internvl": "OpenGVLab/InternVL3_5-8B-HF",
-}
 #: Which rate each task is scored by in a summary entry.
 KEY = {"localization": "loc", "classification": "cls"}
+
+
+def paper_range(paper_model: str | None, n_layers: int) -> dict | None:
+    """The paper's knockout range for its model of this family, scaled to ``n_layers`` (None for a
+    family the paper did not study: there is no range of its to compare with)."""
+    if paper_model is None:
+        return None
+    first, last = knockout_layers(paper_model, n_layers)
+    return {
+        "model": MODELS[paper_model],
+        "words": KNOCKOUT_LAYERS[paper_model]["words"],
+        "fraction": list(KNOCKOUT_LAYERS[paper_model]["fraction"]),  # type: ignore[arg-type]
+        "layers": [first, last],
+        "paper_layers": list(knockout_layers(paper_model, N_LAYERS[paper_model])),
+    }
 
 
 def window_label(first: int, last: int) -> str:
@@ -227,8 +237,6 @@ class Knockout(Experiment):
         return float(np.mean([100 * len(v[name]) / len(v["image"]) for v in sets.values()]))
 
     def summary(self, knockout: Mapping) -> dict:
-        paper_model = PAPER_MODEL[self.vlm.spec.family]
-        first, last = knockout_layers(paper_model, self.vlm.n_layers)
         out = {
             "model_id": self.vlm.model_id,
             "n_samples": len(self.samples),
@@ -240,13 +248,7 @@ class Knockout(Experiment):
             "token_share": {n: rate(self.token_share(n)) for n in TOKEN_SETS},
             "baseline": self.loc_cls("baseline"),
             "knockout": dict(knockout),
-            "paper": {
-                "model": MODELS[paper_model],
-                "words": KNOCKOUT_LAYERS[paper_model]["words"],
-                "fraction": list(KNOCKOUT_LAYERS[paper_model]["fraction"]),  # type: ignore[arg-type]
-                "layers": [first, last],
-                "paper_layers": list(knockout_layers(paper_model, N_LAYERS[paper_model])),
-            },
+            "paper": paper_range(self.vlm.family.paper_model, self.vlm.n_layers),
             "timings_s": self.timings.rounded(),
             **self.provenance(),
             "max_new_tokens": self.params.max_new_tokens,
@@ -300,7 +302,7 @@ def most_harmful(summary: Mapping, task: str) -> dict:
         "drop": rate(base[k] - obj[k]),
         "random": rnd[k],
         "beyond_random": bool(rnd[k] - obj[k] > 2 * se_of_difference(obj[f"{k}_se"], rnd[f"{k}_se"])),
-        "in_paper_range": _inside(best, summary["paper"]["layers"]),
+        "in_paper_range": _inside(best, summary["paper"]["layers"]) if summary["paper"] else None,
     }
 
 

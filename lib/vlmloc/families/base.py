@@ -49,6 +49,11 @@ class Family(ABC):
     name: ClassVar[str]
     hf_class: ClassVar[Any]  # e.g. transformers.LlavaForConditionalGeneration
     sites: ClassVar[Sites]  # module paths, see :class:`Sites`
+    #: The paper's model of this family, whose numbers a chapter sets beside this one's; None for a
+    #: family the paper did not study (the chapter then shows the paper's models' numbers as context).
+    paper_model: ClassVar[str | None] = None
+    #: Greedy answer length the chapters generate by default: room for one box in the family's format.
+    answer_tokens: ClassVar[int] = 24
 
     # --- prompts -------------------------------------------------------------------------------
     def question(self, task: Task, category: str) -> str:

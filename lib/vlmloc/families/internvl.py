@@ -10,6 +10,7 @@ from transformers.models.got_ocr2.image_processing_got_ocr2 import get_optimal_t
 from ..answers import parse_internvl_box
 from ..geometry import View
 from ..metrics import Box
+from ..paper import INTERNVL_8B
 from .base import Family, Sites
 
 #: The book's methods page: InternVL's grounding question wraps the name in <ref> tags.
@@ -23,6 +24,7 @@ class InternVLFamily(Family):
 
     name = "internvl"
     hf_class = InternVLForConditionalGeneration
+    paper_model = INTERNVL_8B
     sites = Sites(vision_layers="model.vision_tower.encoder.layer")
 
     def question(self, task: str, category: str) -> str:

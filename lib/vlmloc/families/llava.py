@@ -9,6 +9,7 @@ from transformers import LlavaForConditionalGeneration
 from ..answers import parse_bracket_box
 from ..geometry import View
 from ..metrics import Box
+from ..paper import LLAVA_7B
 from .base import Family, Sites
 
 
@@ -17,6 +18,7 @@ class LlavaFamily(Family):
 
     name = "llava"
     hf_class = LlavaForConditionalGeneration
+    paper_model = LLAVA_7B
     sites = Sites(vision_layers="model.vision_tower.encoder.layers")
 
     def chat_prompt(self, processor: Any, question: str) -> str:

@@ -51,6 +51,8 @@ class Qwen25VLFamily(Family):
     """Qwen2.5-VL. Boxes are JSON ``"bbox_2d": [x1, y1, x2, y2]`` in pixels of the resized image."""
 
     name = "qwen2_5_vl"
+    # A JSON box in a fenced block, digits one token each in Qwen2's tokenizer: ~31 tokens to the label.
+    answer_tokens = 48
     hf_class = Qwen2_5_VLForConditionalGeneration
     # The merger (2 x 2 patches -> one LLM token) lives inside the vision tower. Its output, like
     # the blocks' outputs, is in the tower's window order, not the token order: the tower puts the

@@ -34,7 +34,7 @@ def plot_knockout_curves(summary: Mapping) -> Figure:
     x_all = (max(firsts) + 1.5) if firsts else 0.0
     ko, base = summary["knockout"], summary["baseline"]
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.6), sharex=True)
-    lo, hi = summary["paper"]["layers"]
+    lo, hi = summary["paper"]["layers"] if summary["paper"] else (1, 0)  # no paper range: nothing shaded
     half = (summary["window"] - 1) / 2  # window centre = first + half
     inside = [f for f in firsts if lo <= f + half <= hi]
     for ax, (_task, key, ylabel) in zip(axes, _TASKS, strict=True):

@@ -138,6 +138,13 @@ def paper_finding(summary: Mapping) -> str:
     """One sentence: where the most harmful windows sit against the paper's range scaled by depth."""
     m, p = summary["model_id"], summary["paper"]
     mh = {t: most_harmful(summary, t) for t in TASKS}
+    if p is None:
+        where = ", ".join(f"{NAME[t]} {mh[t]['window']}" for t in TASKS if mh[t]["window"] is not None)
+        return (
+            f"The paper did not study {m}'s family, so it has no range to compare with; the most harmful "
+            f"windows are {where or 'none'} (the paper's ranges for its two models, scaled to "
+            f"{summary['n_layers']} layers, are below)."
+        )
     lo, hi = p["layers"]
     range_ = f"{p['words']} ({p['model']}; at {summary['n_layers']} layers, layers {lo}-{hi})"
     if any(mh[t]["window"] is None for t in TASKS):
@@ -241,8 +248,10 @@ def results_table(collected: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:
                     "random tokens there": f"{mh['random']:.1f}" if mh["window"] else "—",
                     "windows needed": ", ".join(s["critical"][task]) or "none",
                     "paper's range (scaled)": f"{p['words']} of {p['model']}: layers {p['layers'][0]}-{p['layers'][1]} "
-                    f"of {s['n_layers']}",
-                    "in range": "yes" if mh.get("in_paper_range") else "no",
+                    f"of {s['n_layers']}"
+                    if p
+                    else "not studied",
+                    "in range": {True: "yes", False: "no"}.get(mh.get("in_paper_range"), "—"),
                     "n": s["n_samples"],
                 }
             )
