@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_mediation import _pairs
+from test_ch06_mediation import _pairs
 from vlmloc.attribution import (
     answer_log_prob,
     attribution_patching,
