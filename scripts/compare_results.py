@@ -7,7 +7,8 @@ two folders, then::
 
 It prints each ``<model>/<chapter>.json`` as equal or the paths whose values differ, and exits
 non-zero if any differs or is missing on one side. Wall-clock values (``runtime_s`` and any
-``seconds``) are left out of the comparison; ``--ignore PATH`` leaves out more, e.g. a finding
+``seconds``, ``timings_s``) are left out of the comparison, and paths inside the results folders
+are compared relative to them; ``--ignore PATH`` leaves out more, e.g. a finding
 sentence that quotes a run time.
 """
 
@@ -18,7 +19,7 @@ import json
 from pathlib import Path
 
 #: Keys whose values are wall-clock times: they differ from run to run.
-TIMING_KEYS = {"runtime_s", "seconds"}
+TIMING_KEYS = {"runtime_s", "seconds", "timings_s"}
 
 
 def differences(a: object, b: object, path: str = "", ignore: frozenset[str] = frozenset()) -> list[str]:
@@ -40,6 +41,16 @@ def differences(a: object, b: object, path: str = "", ignore: frozenset[str] = f
     return [] if a == b else [f"{path}: {str(a)[:60]} != {str(b)[:60]}"]
 
 
+def relative_to(doc: object, root: Path) -> object:
+    """``doc`` with the results folder's path in its strings written as ``<results>``: a path to a
+    results file differs between the two folders and says nothing about what was measured."""
+    if isinstance(doc, dict):
+        return {k: relative_to(v, root) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [relative_to(v, root) for v in doc]
+    return doc.replace(str(root), "<results>") if isinstance(doc, str) else doc
+
+
 def main(before: str, after: str, ignore: frozenset[str] = frozenset()) -> int:
     files = {p.relative_to(before) for p in Path(before).glob("*/*.json")}
     files |= {p.relative_to(after) for p in Path(after).glob("*/*.json")}
@@ -50,7 +61,11 @@ def main(before: str, after: str, ignore: frozenset[str] = frozenset()) -> int:
             print(f"MISSING {rel} ({'after' if a.exists() else 'before'})")
             bad += 1
             continue
-        diff = differences(json.loads(a.read_text()), json.loads(b.read_text()), ignore=ignore)
+        docs = [
+            relative_to(json.loads(f.read_text()), Path(root).resolve())
+            for f, root in ((a, before), (b, after))
+        ]
+        diff = differences(*docs, ignore=ignore)
         print(f"{'equal' if not diff else 'DIFFERS'} {rel}")
         for d in diff[:20]:
             print("   ", d)

@@ -470,3 +470,35 @@ def test_summary_renders_without_chapter2_results(tmp_path):
     assert "No results of chapter 2" in text
     assert "toy-llava" in text and "LLaVA-1.5-7B" in text
     assert any("image/png" in o.get("data", {}) for c in _nb(out)["cells"] for o in c.get("outputs", []))
+
+
+# --------------------------------------------------------------------------- toy-qwen: the third family
+
+
+@pytest.mark.notebooks
+def test_toy_qwen_runs_chapters_1_2_4_5_6_7_and_chapter3_refuses_it(tmp_path):
+    """Qwen2.5-VL through every chapter that fits it, at small n: each writes its summary for
+    toy-qwen; chapter 5 says the paper has no range for this family; chapter 3 (views) refuses."""
+    import papermill as pm
+
+    model, runs, results = "toy-qwen", tmp_path / "runs", tmp_path / "results"
+    run = {
+        CH1: dict(n_samples=SMALL),
+        "02_containerization": dict(n_samples=12, ig_steps=2, n_reference=8),
+        CH4: dict(n_train=24, n_test=12, epochs=2, progress=False),
+        "05_attention_knockout": dict(n_samples=12),
+        CH6: dict(n_samples=SMALL, n_pairs=4, n_control_pairs=1, compare_positions=False),
+        CH7: dict(n_samples=8, ks=[2, 5], n_draws=2, verdict_k=5),
+    }
+    for chapter, params in run.items():
+        chapters.execute(chapter, model, out_dir=runs, results_dir=results, **params)
+        summary = read_summary(results, model, chapter)
+        assert summary["model_id"] == model, chapter
+    ch4 = read_summary(results, model, CH4)
+    assert {x["stage"] for x in ch4["sites"]} == {"tower", "projector", "llm"}
+    ch5 = read_summary(results, model, "05_attention_knockout")
+    assert ch5["paper"] is None and ch5["max_new_tokens"] == 48
+    assert all(ch5["most_harmful"][t].get("in_paper_range") is None for t in ch5["most_harmful"])
+    with pytest.raises(pm.PapermillExecutionError) as info:
+        chapters.execute(CH3, model, out_dir=runs, results_dir=results)
+    assert info.value.ename == "SingleViewModelError" and "toy-qwen" in info.value.evalue
