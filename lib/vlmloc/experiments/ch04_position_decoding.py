@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 
 from ..adapter import VLM
+from ..families import FAMILIES
 from ..paper import MODELS, POSITION_PEAKS
 from ..probes import (
     ProbeBank,
@@ -420,12 +421,8 @@ def corner_interior(cells: Sequence[Sequence[float]], n_per_cell: float | None =
 
 def paper_peak(model_id: str, family: str | None = None) -> dict | None:
     """The paper's peak LLM layer for ``model_id``, or for the paper model of the same family."""
-    if model_id in POSITION_PEAKS:
-        return {"model": MODELS[model_id], **POSITION_PEAKS[model_id]}
-    for mid, peak in POSITION_PEAKS.items():
-        if family and family in mid.lower():
-            return {"model": MODELS[mid], **peak}
-    return None
+    mid = model_id if model_id in POSITION_PEAKS else family and FAMILIES[family].paper_model
+    return {"model": MODELS[mid], **POSITION_PEAKS[mid]} if mid in POSITION_PEAKS else None
 
 
 def position_summary(

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..experiments.ch06_mediation import CHAPTER
+from ..families import FAMILIES
 from ..gpu_cost import (  # the cost model, re-exported under the chapter's names
     GPU,
     H100,
@@ -37,7 +38,6 @@ from ..paper import (
     N_HEADS,
     N_LAYERS,
 )
-from ..registry import get_spec
 from ..stats import chance_overlap, overlap_p_value, sparsity, spearman
 from .common import chapter_runs
 
@@ -72,7 +72,8 @@ __all__ = [
 
 def paper_model(family: str) -> str | None:
     """The paper model of a model family whose mediation layers the paper reports, if any."""
-    return next((m for m in MEDIATION_LAYERS if get_spec(m).family == family), None)
+    model_id = FAMILIES[family].paper_model if family in FAMILIES else None
+    return model_id if model_id in MEDIATION_LAYERS else None
 
 
 def paper_layers(family: str) -> tuple[str, tuple[int, int], int] | None:
