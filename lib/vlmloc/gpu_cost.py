@@ -55,9 +55,8 @@ def geometry_of(vlm: Any, prefix: int, suffix: Mapping[str, int], views: int = 1
     """A loaded model's geometry (from its config) with token counts measured on its inputs."""
     tc, vc = vlm.config.text_config, vlm.config.vision_config
     n_params = sum(p.numel() for p in vlm.hf.parameters())
-    side = int(vc.image_size[0] if isinstance(vc.image_size, list | tuple) else vc.image_size)
-    patch = int(vc.patch_size[0] if isinstance(vc.patch_size, list | tuple) else vc.patch_size)
-    tokens = (side // patch) ** 2 + 1
+    side = vlm.family.tower_side(vlm.config, vlm.processor)  # patches per side of one view
+    tokens = side * side + (1 if hasattr(vc, "image_size") else 0)  # CLIP and InternViT add a class token
     return Geometry(
         vlm.model_id, layers=vlm.n_layers, heads=vlm.n_heads,
         kv_heads=int(getattr(tc, "num_key_value_heads", None) or vlm.n_heads), hidden=int(tc.hidden_size),
