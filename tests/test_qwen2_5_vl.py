@@ -372,3 +372,25 @@ def test_probes_read_tower_and_merger_values_in_token_order(tiny_qwen):
         merged = vlm.hf.model.visual.merger(groups.reshape(-1, groups.shape[-1]))
     assert torch.allclose(merged, proj, atol=1e-5)
     assert len(site_labels("tower", layouts, side).row) == 2 * side * side
+
+
+def test_every_position_sweep_keeps_m_rope_positions(tiny_qwen):
+    """Chapter 6's ``positions="all"`` sweep runs from the LLM input with M-RoPE positions
+    (``[3, B, S]``): a head patched from the base itself scores exactly the base, and the heads
+    patched from a real source score what one forward per head gives."""
+    from vlmloc.sweeps import head_patch_scores
+
+    src, base, answer = sites_matrix._pair(tiny_qwen)
+    heads = [(0, 0), (1, 3)]
+    null = head_patch_scores(tiny_qwen, base, base, answer, "localization", heads=heads, positions="all")
+    assert torch.allclose(null.patched.token_logprobs, null.base.token_logprobs.expand(2, -1), atol=1e-5)
+    batched = head_patch_scores(tiny_qwen, src, base, answer, "localization", heads=heads, positions="all")
+    one = [
+        head_patch_scores(
+            tiny_qwen, src, base, answer, "localization", heads=[h], positions="all", batch_size=1
+        )
+        for h in heads
+    ]
+    want = torch.cat([o.patched.token_logprobs for o in one])
+    assert torch.allclose(batched.patched.token_logprobs, want, atol=1e-5)
+    assert (batched.patched.logprob - batched.base.logprob).abs().max() > 1e-5

@@ -275,6 +275,7 @@ class VLM:
         step = step or StepInfo(0, q_len, q_len)
         if "past_key_values" not in inputs and "inputs_embeds" not in inputs:  # full: the family's positions
             inputs = {**inputs, "position_ids": self.position_ids(inputs)}
+        inputs = _whole_under_mrope(inputs, q_len)
         grad = any(iv.needs_grad for iv in interventions)
         with torch.set_grad_enabled(grad), self.model.trace(**dict(inputs)) as tracer:
             run_hooks(self, list(interventions), step)
@@ -436,3 +437,14 @@ def load_model(
     vlm = VLM(spec, hf, processor, dev)
     vlm.geometry_check = check_geometry(vlm)  # processor calls only; GeometryError if the views are wrong
     return vlm
+
+
+def _whole_under_mrope(inputs: Any, q_len: int) -> Any:
+    """nnsight splits an encoding of text fields only (ids or embeddings, mask, positions) into
+    rows along the first axis; M-RoPE positions (``[3, B, S]``) have their rows on the second. A
+    full forward's ``cache_position`` (its sequence indices, what the model would use anyway) is
+    a field nnsight passes through, so the call goes to the model whole."""
+    pos = inputs.get("position_ids")
+    if pos is None or pos.dim() != 3 or "past_key_values" in inputs or "cache_position" in inputs:
+        return inputs
+    return {**inputs, "cache_position": torch.arange(q_len, device=pos.device)}
