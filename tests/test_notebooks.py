@@ -487,7 +487,7 @@ def test_toy_qwen_runs_chapters_1_2_4_5_6_7_and_chapter3_refuses_it(tmp_path):
         "02_containerization": dict(n_samples=12, ig_steps=2, n_reference=8),
         CH4: dict(n_train=24, n_test=12, epochs=2, progress=False),
         "05_attention_knockout": dict(n_samples=12),
-        CH6: dict(n_samples=SMALL, n_pairs=4, n_control_pairs=1, compare_positions=False),
+        CH6: dict(n_samples=SMALL, n_pairs=4, n_control_pairs=1),  # both patch positions
         CH7: dict(n_samples=8, ks=[2, 5], n_draws=2, verdict_k=5),
     }
     for chapter, params in run.items():

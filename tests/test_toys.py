@@ -10,7 +10,7 @@ from vlmloc.metrics import class_mentioned, iou
 from vlmloc.registry import TOY_DIR
 from vlmloc.synthetic import EVAL_SEED
 
-TOYS = ["toy-llava", "toy-internvl"]
+TOYS = ["toy-llava", "toy-internvl", "toy-qwen"]
 PRECISE = ["toy-llava-precise", "toy-internvl-precise"]
 
 #: Regression guard of the shipped weights on 12 large held-out objects: (named at least, IoU >= 0.5 at
@@ -20,6 +20,7 @@ PRECISE = ["toy-llava-precise", "toy-internvl-precise"]
 SMOKE_BAR = {
     "toy-llava": (10, 10),
     "toy-internvl": (10, 10),
+    "toy-qwen": (9, 6),  # at release 11 named and 8 boxed: its Loc is the weakest (see its card)
     "toy-llava-precise": (10, 10),
     "toy-internvl-precise": (10, 10),
 }
