@@ -352,7 +352,7 @@ def test_probes_read_tower_and_merger_values_in_token_order(tiny_qwen):
     merger in token order: the merger's values equal the LLM input at the visual positions, and
     the last block's values, regrouped 2 x 2 and merged, equal the merger's."""
     from vlmloc.probes import probe_images, read_sites, site_features, site_labels, tower_grid
-    from vlmloc.toys.train import merge_group_order
+    from vlmloc.toys.scenes import merge_group_order
 
     vlm = tiny_qwen
     rng = np.random.default_rng(1)

@@ -830,7 +830,7 @@ CHAPTER_DEFAULTS: dict[str, dict[str, Any]] = {
     "03_views": {"n_samples": 105, "batch_size": 16, "n_reference": 64},
     "04_position_decoding": {"n_train": 96, "n_test": 64, "epochs": 10, "batch_size": 16, "control": True},
     "05_attention_knockout": {"n_samples": 64, "batch_size": 64, "window": 4, "stride": 1,
-                              "max_new_tokens": 24, "reuse_prefix": True},
+                              "max_new_tokens": None, "reuse_prefix": True},
     "06_mediation": {"batch_size": 64, "n_pairs": 50, "n_control_pairs": 10, "compare_positions": True,
                      "patch_positions": "after_image"},
     "07_head_ablation": {"n_samples": 120, "batch_size": 16, "ks": [5, 10, 20], "n_draws": 3},
@@ -939,7 +939,7 @@ def _ch04(shape: ModelShape, p: Mapping, tok: _Tokens) -> list[Pass]:
 
 
 def _ch05(shape: ModelShape, p: Mapping, tok: _Tokens) -> list[Pass]:
-    n, b, new = p["n_samples"], p["batch_size"], p.get("max_new_tokens", MAX_NEW_TOKENS)
+    n, b, new = p["n_samples"], p["batch_size"], p.get("max_new_tokens") or MAX_NEW_TOKENS
     windows = len(range(0, shape.layers - min(p["window"], shape.layers) + 1, p["stride"])) + 1
     conds = 3 * windows  # object, random, whole image
     out = _generate("baseline generation", n, b, tok, {t: 1 for t in TASKS}, new)
