@@ -511,6 +511,7 @@ def quick_eval(family: str, model, processor, scenes: list[Scene], batch: int = 
     """
     fam = FAMILIES[family]
     tok = processor.tokenizer
+    tok.padding_side = "left"  # batched greedy generation; saved toy tokenizers pad right
     cls_ok, ious = [], []
     jobs, coloured = [], []
     for s in scenes:
