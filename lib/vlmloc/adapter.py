@@ -44,15 +44,6 @@ _KEEP_TAGS = ("<ref>", "</ref>", "<box>", "</box>")
 EmbedEdit = Callable[[torch.Tensor], torch.Tensor]
 
 
-def resolve_device(device: str) -> str:
-    """``"auto"`` picks CUDA when present; an unavailable CUDA device is a clear error."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was asked for but no CUDA GPU is visible; pass -p device cpu")
-    return device
-
-
 class VLM:
     """A loaded model: the nnsight wrapper, its processor and its family's knowledge."""
 
@@ -394,6 +385,8 @@ def load_model(
     from transformers import AutoProcessor
 
     spec = get_spec(model_id)
+    from .plan import resolve_device
+
     dev = resolve_device(device)
     name = resolve_dtype(dtype or spec.default_dtype, dev)
     if max_tiles is not None and (

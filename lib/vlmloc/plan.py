@@ -110,6 +110,7 @@ __all__ = [
     "chapter_passes",
     "check_fits",
     "choose_dtype",
+    "resolve_device",
     "internvl_tiles",
     "pass_seconds",
     "plan_chapter",
@@ -191,6 +192,17 @@ H100 = GPUS["h100"]
 
 class DTypeError(ValueError):
     """A dtype the device cannot run (bfloat16 on a GPU older than Ampere)."""
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` picks CUDA when present; an unavailable CUDA device is a clear error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was asked for but no CUDA GPU is visible; pass -p device cpu")
+    return device
 
 
 def choose_dtype(requested: str | None, device: str, bf16: bool = True, gpu_name: str = "this GPU") -> str:
@@ -1359,7 +1371,6 @@ def check_fits(
     other parameters (``n_samples``, ``ig_steps``, ``control``, ...), for the time estimate. A
     model the plan cannot describe (:class:`NoPlan`) is let through: None.
     """
-    from .adapter import resolve_device
     from .registry import get_spec
 
     spec = get_spec(model_id)

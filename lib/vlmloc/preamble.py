@@ -45,7 +45,7 @@ def stamp(device: str) -> str:
     import transformers
 
     from . import __version__
-    from .adapter import resolve_device
+    from .plan import resolve_device
 
     where = resolve_device(device)
     gpu = f" ({torch.cuda.get_device_name()})" if where.startswith("cuda") else ""

@@ -19,6 +19,8 @@ from transformers import (
     LlavaProcessor,
 )
 
+from .qwen import toy_qwen2_5_vl
+from .sizes import decoder_sizes
 from .tokenizer import INTERNVL_CHAT_TEMPLATE, build_tokenizer
 
 #: Sizes of the toys. LLaVA: 96 px, 8 px patches -> 12 x 12 = 144 tokens. InternVL: 64 px tiles,
@@ -28,18 +30,6 @@ TOY_SIZES = {
     "internvl": dict(image=64, patch=4, vision_width=96, vision_layers=4, vision_heads=4, max_tiles=2),
     "text": dict(width=128, layers=8, heads=8, kv_heads=8, mlp=256, head_dim=16),
 }
-
-
-def decoder_sizes(t: dict, vocab: int) -> dict[str, int]:
-    """The decoder's ``text_config`` sizes from a toy size table (``width``, ``mlp``, ``layers``, ``heads``);
-    each family adds its own key-value heads and the rest."""
-    return {
-        "vocab_size": vocab,
-        "hidden_size": t["width"],
-        "intermediate_size": t["mlp"],
-        "num_hidden_layers": t["layers"],
-        "num_attention_heads": t["heads"],
-    }
 
 
 def toy_llava(
@@ -166,8 +156,6 @@ def _generation_defaults(model, tok) -> None:
 
 def toy_qwen(seed: int = 0, vision: dict | None = None, text: dict | None = None):
     """A fresh (random) toy Qwen2.5-VL and its processor (:func:`vlmloc.toys.qwen.toy_qwen2_5_vl`)."""
-    from .qwen import toy_qwen2_5_vl  # it imports this module's decoder_sizes
-
     return toy_qwen2_5_vl(seed, vision, text)
 
 

@@ -22,7 +22,7 @@ from transformers import (
 from ..families.base import CLASSIFICATION_Q
 from ..families.qwen2_5_vl import QWEN_LOCALIZATION_Q
 from ..synthetic import CLASSES
-from .build import decoder_sizes
+from .sizes import decoder_sizes
 
 __all__ = [
     "QWEN_CHAT_TEMPLATE",
