@@ -115,3 +115,21 @@ def test_condition_table_maps_chapter2_keys_to_the_paper(tmp_path):
         "shuffle.global",
         "shuffle.intra_object",
     }
+
+
+def test_chapter4_tower_finding_says_which_way_accuracy_moves_and_when_it_is_at_chance():
+    from vlmloc.report.ch04 import tower_finding
+
+    def summary(first, last):
+        site = lambda layer, acc: {
+            "stage": "tower",
+            "layer": layer,
+            "row_acc": acc,
+            "col_acc": acc,
+            "grid": [24, 24],
+        }  # noqa: E731
+        return {"model_id": "toy", "tower_chance": {"row": 4.2}, "sites": [site(0, first), site(3, last)]}
+
+    near = tower_finding(summary(4.8, 5.8))
+    assert "rises from 4.8%" in near and "almost no position" in near
+    assert "falls from 75.6%" in tower_finding(summary(75.6, 47.6))

@@ -176,7 +176,9 @@ def tower_finding(summary: Mapping) -> str:
     ch = summary["tower_chance"]["row"]
     a, b = mean_row_col(first), mean_row_col(last)
     model = summary["model_id"]
-    if b >= 0.9 * a:
+    if max(a, b) < ch + 2:
+        verdict = f"{model}'s tower carries almost no position at any layer (within 2 points of chance)"
+    elif b >= 0.9 * a:
         verdict = (f"{model}'s tower keeps positions to its last layer, unlike the CLIP-like towers of the paper; "
                    "that is a finding about the toy")  # fmt: skip
     elif b <= ch + 0.25 * (a - ch):
@@ -184,10 +186,15 @@ def tower_finding(summary: Mapping) -> str:
     else:
         verdict = f"{model}'s tower loses part of the positional signal with depth, less than the paper describes for CLIP"
     return (
-        f"Row and column accuracy (mean of the two) falls from {a:.1f}% after tower layer {first['layer']} to "
+        f"Row and column accuracy (mean of the two) {_moves(a, b)} from {a:.1f}% after tower layer {first['layer']} to "
         f"{b:.1f}% after layer {last['layer']} (chance {ch:.1f}% on its {first['grid'][0]}x{first['grid'][1]} patch "
         f"grid): {verdict}."
     )
+
+
+def _moves(a: float, b: float) -> str:
+    """'falls', 'rises' or 'stays about the same' from ``a`` to ``b`` (percent; half a point is noise)."""
+    return "falls" if b < a - 0.5 else "rises" if b > a + 0.5 else "stays about the same"
 
 
 def _depth_words(depth: float, paper_depth: float) -> str:
