@@ -121,13 +121,9 @@ def test_chapter4_tower_finding_says_which_way_accuracy_moves_and_when_it_is_at_
     from vlmloc.report.ch04 import tower_finding
 
     def summary(first, last):
-        site = lambda layer, acc: {
-            "stage": "tower",
-            "layer": layer,
-            "row_acc": acc,
-            "col_acc": acc,
-            "grid": [24, 24],
-        }  # noqa: E731
+        def site(layer: int, acc: float) -> dict:
+            return {"stage": "tower", "layer": layer, "row_acc": acc, "col_acc": acc, "grid": [24, 24]}
+
         return {"model_id": "toy", "tower_chance": {"row": 4.2}, "sites": [site(0, first), site(3, last)]}
 
     near = tower_finding(summary(4.8, 5.8))
