@@ -389,13 +389,18 @@ def test_score_equals_log_probs_by_hand(vlm):
     inputs, _, _ = teacher_forced_inputs(enc, [p[0] for p in parts], vlm.tokenizer.pad_token_id)
     with torch.no_grad():
         logits = vlm.hf(**inputs).logits.float()
-    s = enc["input_ids"].shape[1]
+    check_scores_against_logits(got, parts, logits, enc["input_ids"].shape[1])
+    assert sum(parts[0][1]) == 4  # a box scores its four coordinates only
+
+
+def check_scores_against_logits(got, parts, logits, prompt_len: int) -> None:
+    """Each row's summed log-probability and token count equal those read off ``logits`` of the
+    teacher-forced forward (answer ``ids`` after ``prompt_len``, scored where ``mask`` says)."""
     for row, (ids, mask) in enumerate(parts):
-        lp = torch.log_softmax(logits[row, s - 1 : s - 1 + len(ids)], -1)
+        lp = torch.log_softmax(logits[row, prompt_len - 1 : prompt_len - 1 + len(ids)], -1)
         want = sum(float(lp[j, t]) for j, (t, m) in enumerate(zip(ids, mask, strict=True)) if m)
         assert got.logprob[row].item() == pytest.approx(want, abs=1e-4)
         assert int(got.n_tokens[row]) == sum(mask)
-    assert sum(parts[0][1]) == 4  # a box scores its four coordinates only
 
 
 def test_hidden_states_along_the_path(vlm):
