@@ -8,7 +8,7 @@ For every page named in ``_toc.yml`` this script
     ``$$`` or ``\\begin{`` outside math, escaped HTML tags, raw Markdown links or bold;
   - Python tracebacks, error outputs and papermill's "An Exception was encountered" banner;
   - local images or internal links that point at missing files;
-  - chapters that ``_toc.yml`` lists but the registry (``vlmloc.chapters.CHAPTERS``) does not, or
+  - chapters that ``_toc.yml`` lists but the registry (``vlmloc.chapter_registry.CHAPTERS``) does not, or
     the other way round;
   - on chapter pages (``notebooks/*``): no figure among the notebook outputs, a missing or wrong
     Colab launch link, or no source notebook for that link to open.

@@ -2,8 +2,8 @@
 
 The map follows the study from coarse to fine: which tokens carry localization,
 which InternVL view, where the 2-D grid is rebuilt, then which layers and heads.
-Chapters that exist (the registry, ``vlmloc.chapters.CHAPTERS``) are drawn solid; planned ones
-(``vlmloc.chapters.PLANNED``) are drawn dashed and grey.
+Chapters that exist (the registry, ``vlmloc.chapter_registry.CHAPTERS``) are drawn solid; planned ones
+(``vlmloc.chapter_registry.PLANNED``) are drawn dashed and grey.
 
 Run: ``PYTHONPATH=lib .venv/bin/python scripts/make_chapter_map.py`` (the PNG is committed).
 """
@@ -20,8 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 from PIL import Image  # noqa: E402
-from vlmloc.chapters import CHAPTERS as REGISTRY  # noqa: E402
-from vlmloc.chapters import PLANNED as PLANNED_CHAPTERS  # noqa: E402
+from vlmloc.chapter_registry import CHAPTERS as REGISTRY  # noqa: E402
+from vlmloc.chapter_registry import PLANNED as PLANNED_CHAPTERS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "book" / "_static" / "chapter_map.png"

@@ -360,3 +360,37 @@ def test_paper_scale_rows_project_each_paper_model_at_50k_10k():
         r["image forwards"] == forwards and r["time"].endswith("GPU hours at 150 TFLOP/s") for r in rows
     )
     assert any("(batch 4)" in r["activations per batch"] for r in rows)  # InternVL's batch
+
+
+def _view_site(site: str, global_row: float, local_row: float) -> dict:
+    kinds = {"global": global_row, "local": local_row}
+    return {
+        "site": site,
+        "by_kind": {k: {"row_acc": r, "col_acc": 50.0, "cell_acc": 25.0} for k, r in kinds.items()},
+    }
+
+
+def test_the_views_table_and_finding_split_global_from_local_and_say_nothing_on_one_view():
+    one_view = {"model_id": "toy-llava", "sites": [{"site": "llm.0", "by_kind": {"only": {}}}]}
+    assert report.views_table(one_view) is None and report.views_finding(one_view) is None
+    summary = {"model_id": "toy-internvl",
+               "sites": [_view_site("tower.0", 90.0, 10.0), _view_site("llm.0", 60.0, 50.0),
+                         _view_site("llm.1", 40.0, 46.0)]}  # fmt: skip
+    table = report.views_table(summary)
+    assert list(table.index) == ["tower.0", "llm.0", "llm.1"] and table.loc["llm.1", "local row"] == 46.0
+    # the LLM's layers only (the tower's +80 would flip the sign): (10 - 6) / 2 = 2 points higher
+    assert "2.0 points higher on the global view" in report.views_finding(summary)
+    summary["sites"][1] = _view_site("llm.0", 40.0, 50.0)  # (-10 - 6) / 2: 8 points lower
+    assert "8.0 points lower" in report.views_finding(summary)
+
+
+def test_the_run_record_holds_the_settings_the_probes_ran_with():
+    params = ProbeParams(epochs=3, lr=0.5, token_batch=64, seed=4, cache_mb=0.0)
+    config = {"model": "m@abc", "dtype": "float32", "data": "/d/annotations.json"}
+    rec = pd4.run_record(["a", "b", "c"], ["d"], params, config, batch_size=2, batch_mb=1.23456,
+                         control_work={}, control_cache_mb=16)  # fmt: skip
+    assert rec == {"n_train": 3, "n_test": 1, "epochs": 3, "batch_size": 2, "lr": 0.5, "token_batch": 64,
+                   "streamed": True, "batch_activation_mb": 1.23, "weights": "m@abc", "dtype": "float32",
+                   "data": "/d/annotations.json", "seed": 4, "control_work": {}, "control_cache_mb": 16}  # fmt: skip
+    assert pd4.run_record([], [], ProbeParams(cache_mb=8.0), config, batch_size=1, batch_mb=0,
+                          control_work={}, control_cache_mb=0)["streamed"] is False  # fmt: skip

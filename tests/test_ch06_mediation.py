@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 import vlmloc
+from vlmloc import gpu_cost, stats
 from vlmloc import mediation_maps as mm
-from vlmloc import stats
 from vlmloc.control_set import MediationPair, mediation_pairs
 from vlmloc.experiments import ch06_mediation as md
 from vlmloc.families import TASKS
@@ -202,21 +202,21 @@ def test_the_paper_band_is_the_papers_layers_on_its_own_models():
 
 
 def test_cost_model_orders_the_methods_and_respects_memory(toy_llava):
-    table = mr.cost_table(mr.H100, n_pairs=50)
+    table = gpu_cost.cost_table(gpu_cost.H100, n_pairs=50)
     for model in (MODELS[LLAVA_7B], MODELS[INTERNVL_8B]):
         t = table.loc[model]
         assert t.loc["exact sweep", "TFLOP"] > 10 * t.loc["exact, prefix reused", "TFLOP"]
         assert t.loc["exact, prefix reused", "TFLOP"] > t.loc["attribution patching", "TFLOP"]
         assert t.loc["exact, prefix reused", "batch"] <= 32
         assert (t["GPU hours"] > 0).all()
-    small = mr.cost_table(mr.GPU("small", 24, 100, 1.0))
+    small = gpu_cost.cost_table(gpu_cost.GPU("small", 24, 100, 1.0))
     assert (small["batch"] <= table["batch"]).all()
-    g = mr.REAL_GEOMETRIES[LLAVA_7B]
+    g = gpu_cost.REAL_GEOMETRIES[LLAVA_7B]
     # one full forward of LLaVA-1.5-7B's decoder: ~2 x 6.5e9 parameters x ~630 tokens
     assert 7e12 < g.decoder_flops(g.prefix + 50, 0, logits=False) < 1e13
-    toy = mr.geometry_of(toy_llava, prefix=150, suffix={"classification": 5, "localization": 13})
+    toy = gpu_cost.geometry_of(toy_llava, prefix=150, suffix={"classification": 5, "localization": 13})
     assert toy.layers == 8 and toy.heads == 8 and toy.head_dim == toy_llava.head_dim
-    rows = mr.toy_cost_table(toy, {"attribution patching": 2.0}, 10, 64)
+    rows = gpu_cost.toy_cost_table(toy, {"attribution patching": 2.0}, 10, 64)
     assert rows.loc[(toy.name, "attribution patching"), "GFLOP/s"] > 0
 
 

@@ -26,17 +26,17 @@ def _source(name: str) -> str:
 
 
 def test_registry_names_are_unique_and_each_book_model_is_run():
-    assert len(set(chapters.names())) == len(chapters.CHAPTERS)
-    for c in chapters.CHAPTERS:
+    assert len(set(chapter_registry.names())) == len(chapter_registry.CHAPTERS)
+    for c in chapter_registry.CHAPTERS:
         assert c.book_model in c.models, f"{c.name}: the book shows {c.book_model}, which run never executes"
-    numbers = [c.number for c in chapters.CHAPTERS if c.number is not None] + [
-        p.number for p in chapters.PLANNED
+    numbers = [c.number for c in chapter_registry.CHAPTERS if c.number is not None] + [
+        p.number for p in chapter_registry.PLANNED
     ]
     assert len(numbers) == len(set(numbers)), "a planned chapter shares its number with a registered one"
 
 
 def test_each_experiment_module_exists_and_its_notebook_uses_it():
-    for c in chapters.CHAPTERS:
+    for c in chapter_registry.CHAPTERS:
         if c.experiment is None:
             continue
         module = importlib.import_module(f"vlmloc.experiments.{c.experiment}")
@@ -47,30 +47,36 @@ def test_each_experiment_module_exists_and_its_notebook_uses_it():
 
 
 def test_get_finds_a_chapter_and_names_the_others_when_unknown():
-    assert chapters.get(chapters.names()[0]) is chapters.CHAPTERS[0]
-    with pytest.raises(ValueError, match=chapters.names()[0]):
-        chapters.get("03_nope")
+    assert chapter_registry.get(chapter_registry.names()[0]) is chapter_registry.CHAPTERS[0]
+    with pytest.raises(ValueError, match=chapter_registry.names()[0]):
+        chapter_registry.get("03_nope")
 
 
 # --------------------------------------------------------------------------- the run plan
 
 
 def test_plan_runs_every_chapter_on_its_models_in_registry_order():
-    expected = [(c.name, m) for c in chapters.CHAPTERS for m in c.models]
-    assert chapters.plan() == expected
-    once = [c for c in chapters.CHAPTERS if c.once]
-    assert once and chapters.plan()[-1][0] == once[-1].name, "the results page runs after the chapters"
-    per_model = chapters.plan(models=["x"])
-    assert per_model == [(c.name, m) for c in chapters.CHAPTERS for m in (c.models if c.once else ("x",))]
-    assert chapters.plan(chapters=[once[0].name]) == [(once[0].name, m) for m in once[0].models]
+    expected = [(c.name, m) for c in chapter_registry.CHAPTERS for m in c.models]
+    assert chapter_registry.plan() == expected
+    once = [c for c in chapter_registry.CHAPTERS if c.once]
+    assert once and chapter_registry.plan()[-1][0] == once[-1].name, (
+        "the results page runs after the chapters"
+    )
+    per_model = chapter_registry.plan(models=["x"])
+    assert per_model == [
+        (c.name, m) for c in chapter_registry.CHAPTERS for m in (c.models if c.once else ("x",))
+    ]
+    assert chapter_registry.plan(chapters=[once[0].name]) == [(once[0].name, m) for m in once[0].models]
     with pytest.raises(ValueError, match="unknown chapter"):
-        chapters.plan(chapters=["03_nope"])
+        chapter_registry.plan(chapters=["03_nope"])
 
 
 def test_a_chapter_limited_to_a_family_skips_the_other_models():
-    views = chapters.get("03_views")
+    views = chapter_registry.get("03_views")
     assert views.families == ("internvl",)
-    runs = chapters.plan(chapters=["03_views"], models=["toy-llava", "toy-internvl", "not-registered"])
+    runs = chapter_registry.plan(
+        chapters=["03_views"], models=["toy-llava", "toy-internvl", "not-registered"]
+    )
     assert runs == [("03_views", "toy-internvl"), ("03_views", "not-registered")]
     assert views.applies_to("toy-internvl") and not views.applies_to("toy-llava")
 
@@ -95,16 +101,16 @@ def _fake_run(runs: Path, chapter: str, model: str = "toy-llava", failed: bool =
 
 def test_stage_fails_naming_the_missing_run_and_copies_nothing(tmp_path):
     runs, book = tmp_path / "runs", tmp_path / "book" / "notebooks"
-    last = chapters.CHAPTERS[-1]
+    last = chapter_registry.CHAPTERS[-1]
     _fake_run(runs, last.name, last.book_model)
     with pytest.raises(chapters.StageError) as info:
         chapters.stage(runs, book, root=tmp_path)
     msg = str(info.value)
-    first = chapters.CHAPTERS[0]
+    first = chapter_registry.CHAPTERS[0]
     assert f"missing run: {first.name} on {first.book_model}" in msg
     assert f"missing run: {last.name}" not in msg
     by_model: dict[str, list[str]] = {}
-    for c in chapters.CHAPTERS[:-1]:
+    for c in chapter_registry.CHAPTERS[:-1]:
         by_model.setdefault(c.book_model, []).append(c.name)
     for model, names in by_model.items():
         assert f"python -m vlmloc.chapters run --chapters {' '.join(names)} --models {model}" in msg
@@ -113,8 +119,8 @@ def test_stage_fails_naming_the_missing_run_and_copies_nothing(tmp_path):
 
 def test_stage_refuses_a_failed_run(tmp_path):
     runs, book = tmp_path / "runs", tmp_path / "book"
-    last = chapters.CHAPTERS[-1]
-    for c in chapters.CHAPTERS:
+    last = chapter_registry.CHAPTERS[-1]
+    for c in chapter_registry.CHAPTERS:
         _fake_run(runs, c.name, c.book_model, failed=c is last)
     with pytest.raises(chapters.StageError, match=f"failed run: {last.name} on {last.book_model}"):
         chapters.stage(runs, book, root=tmp_path)
@@ -122,10 +128,10 @@ def test_stage_refuses_a_failed_run(tmp_path):
 
 def test_stage_copies_each_chapters_book_model(tmp_path, monkeypatch):
     """A chapter shown on another model (e.g. InternVL's views) is staged from that model's runs."""
-    internvl_only = chapters.Chapter(
+    internvl_only = chapter_registry.Chapter(
         "03_views", "Views", "q", "t", models=("toy-internvl",), book_model="toy-internvl"
     )
-    registry = (*chapters.CHAPTERS[:-1], internvl_only, chapters.CHAPTERS[-1])
+    registry = (*chapter_registry.CHAPTERS[:-1], internvl_only, chapter_registry.CHAPTERS[-1])
     monkeypatch.setattr(chapter_registry, "CHAPTERS", registry)  # what chapters.stage reads
     runs, book = tmp_path / "runs", tmp_path / "book"
     for c in registry:
@@ -141,7 +147,7 @@ def test_stage_copies_each_chapters_book_model(tmp_path, monkeypatch):
 def test_stage_cli_exits_1_with_the_message(tmp_path, capsys):
     rc = chapters.main(["stage", "--runs-dir", str(tmp_path / "runs"), "--book-dir", str(tmp_path / "book")])
     assert rc == 1
-    first = chapters.CHAPTERS[0]
+    first = chapter_registry.CHAPTERS[0]
     assert f"missing run: {first.name} on {first.book_model}" in capsys.readouterr().err
 
 
@@ -150,7 +156,7 @@ def test_stage_cli_exits_1_with_the_message(tmp_path, capsys):
 
 def test_toc_and_notebooks_list_exactly_the_registry():
     assert chapters.toc_problems() == []
-    assert chapters.toc_chapters(ROOT / "_toc.yml") == chapters.names()
+    assert chapters.toc_chapters(ROOT / "_toc.yml") == chapter_registry.names()
     assert chapters.main(["check"]) == 0
 
 
@@ -162,19 +168,19 @@ def _copy_book_skeleton(tmp_path: Path) -> Path:
 
 def test_toc_problems_name_what_is_missing_or_extra(tmp_path):
     root = _copy_book_skeleton(tmp_path)
-    first, second = chapters.names()[:2]
+    first, second = chapter_registry.names()[:2]
     toc = (root / "_toc.yml").read_text()
     (root / "_toc.yml").write_text(toc.replace(f"notebooks/{first}\n", "notebooks/99_extra\n"))
     (root / "notebooks" / f"{second}.ipynb").unlink()
     problems = "\n".join(chapters.toc_problems(root))
     assert f"_toc.yml lacks the chapter {first}" in problems
-    assert "_toc.yml lists 99_extra, which is not in vlmloc.chapters.CHAPTERS" in problems
+    assert "_toc.yml lists 99_extra, which is not in vlmloc.chapter_registry.CHAPTERS" in problems
     assert f"notebooks/{second}.ipynb is missing" in problems
 
 
 def test_toc_problems_catch_the_wrong_order(tmp_path):
     root = _copy_book_skeleton(tmp_path)
-    first, second = chapters.names()[:2]
+    first, second = chapter_registry.names()[:2]
     toc = (root / "_toc.yml").read_text()
     swapped = toc.replace(f"notebooks/{first}\n", "@@\n").replace(
         f"notebooks/{second}\n", f"notebooks/{first}\n"
@@ -188,8 +194,8 @@ def test_readme_chapter_table_is_the_generated_one():
         "README.md's chapter table is stale; run: python -m vlmloc.chapters readme-table --write"
     )
     table = chapters.readme_table()
-    assert all(f"`{c.name}`" in table for c in chapters.CHAPTERS)
-    assert all(f"{p.title} (planned)" in table for p in chapters.PLANNED)
+    assert all(f"`{c.name}`" in table for c in chapter_registry.CHAPTERS)
+    assert all(f"{p.title} (planned)" in table for p in chapter_registry.PLANNED)
 
 
 def test_write_readme_table_replaces_only_the_table(tmp_path):
@@ -211,6 +217,6 @@ def test_chapter_map_draws_the_registry_and_the_plan():
     boxes = script.chapter_boxes()
     available = [title for _, title, _, _, ok in boxes if ok]
     planned = [title for _, title, _, _, ok in boxes if not ok]
-    assert sorted(available) == sorted(c.title for c in chapters.CHAPTERS)
-    assert planned == [p.title for p in chapters.PLANNED]
+    assert sorted(available) == sorted(c.title for c in chapter_registry.CHAPTERS)
+    assert planned == [p.title for p in chapter_registry.PLANNED]
     assert [n for n, *_ in boxes] == list(range(1, len(boxes) + 1)), "boxes are numbered in reading order"

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from vlmloc.chapters import CHAPTERS
+from vlmloc.chapter_registry import CHAPTERS
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ROOT / "book" / "methods.md"

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from vlmloc import chapters
+from vlmloc import chapter_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -30,7 +30,7 @@ def _source(cell: dict) -> str:
 
 def test_every_registered_chapter_has_a_notebook():
     names = {p.stem for p in NOTEBOOKS}
-    missing = [c for c in chapters.names() if c not in names]
+    missing = [c for c in chapter_registry.names() if c not in names]
     assert not missing, f"notebooks/ lacks the chapter(s): {', '.join(c + '.ipynb' for c in missing)}"
 
 

@@ -9,9 +9,7 @@ that of the model's own tensors. The inputs, made before the count starts, are a
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import json
 import re
 import weakref
 from pathlib import Path
@@ -261,15 +259,6 @@ def test_the_paper_scale_is_more_work_of_the_same_kind():
     assert P.PAPER_OBJECTS == 3870  # 2,248 kept pairs / 58.1% Cls, rounded up
 
 
-def test_report_ch06_reexports_the_cost_model():
-    from vlmloc.report import ch06 as mr
-
-    assert (
-        mr.H100 is P.H100 and mr.cost_table is gpu_cost.cost_table and mr.geometry_of is gpu_cost.geometry_of
-    )
-    assert mr.toy_cost_table is gpu_cost.toy_cost_table and mr.REAL_GEOMETRIES is gpu_cost.REAL_GEOMETRIES
-
-
 # --------------------------------------------------------------------------- dtype
 
 
@@ -466,25 +455,6 @@ def test_qwen_is_planned_for_every_chapter_but_internvls_views(fake_gpu, monkeyp
         P.check_fits(P.QWEN_7B, "01_data_and_baselines", device="cuda", dtype="auto", batch_size=16)
     _one_sentence(str(info.value))
     assert "Qwen2.5-VL-7B in float16" in str(info.value) and "such as an L4" in str(info.value)
-
-
-def _parameters(notebook: Path) -> dict:
-    nb = json.loads(notebook.read_text())
-    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
-    values = {}
-    for node in ast.parse("".join(cell["source"])).body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-            values[node.targets[0].id] = ast.literal_eval(node.value)
-    return values
-
-
-@pytest.mark.parametrize("chapter", list(P.CHAPTER_DEFAULTS))
-def test_the_plans_defaults_are_the_notebooks(chapter):
-    params = _parameters(ROOT / "notebooks" / f"{chapter}.ipynb")
-    for name, value in P.CHAPTER_DEFAULTS[chapter].items():
-        assert params.get(name) == value, (
-            f"{chapter}: the plan assumes {name}={value!r}, the notebook {params.get(name)!r}"
-        )
 
 
 @pytest.mark.parametrize("page", ["README.md", "book/setup.md"])

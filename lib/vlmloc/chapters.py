@@ -1,8 +1,7 @@
 """The chapters' command line: execute them, stage them for the book, check their mirrors.
 
 The chapters themselves (names, models, parameter schemas) are data in
-:mod:`vlmloc.chapter_registry`; this module re-exports them, so ``vlmloc.chapters.CHAPTERS`` and
-``vlmloc.chapters.get`` keep working, and holds only the steps that act on them.
+:mod:`vlmloc.chapter_registry`; this module holds only the steps that act on them.
 
 The book never executes anything itself (``execute_notebooks: off``): it renders copies executed
 beforehand. This module is that step::
@@ -32,22 +31,13 @@ from typing import Any
 
 import yaml
 
-from .chapter_registry import CHAPTERS, DEFAULT_MODEL, PLANNED, TOYS, Chapter, Planned, get, names, plan
+from .chapter_registry import CHAPTERS, PLANNED, TOYS, get, names, plan
 from .store import model_dirname
 
 __all__ = [
-    "CHAPTERS",
-    "DEFAULT_MODEL",
-    "PLANNED",
-    "TOYS",
-    "Chapter",
-    "Planned",
     "StageError",
     "execute",
-    "get",
     "main",
-    "names",
-    "plan",
     "readme_table",
     "repo_root",
     "stage",
@@ -205,13 +195,17 @@ def toc_problems(root: str | Path | None = None) -> list[str]:
         f"_toc.yml lacks the chapter {n} (add '- file: notebooks/{n}')" for n in registry if n not in listed
     ]
     problems += [
-        f"_toc.yml lists {n}, which is not in vlmloc.chapters.CHAPTERS" for n in listed if n not in registry
+        f"_toc.yml lists {n}, which is not in vlmloc.chapter_registry.CHAPTERS"
+        for n in listed
+        if n not in registry
     ]
     if not problems and listed != registry:
         problems.append(f"_toc.yml lists the chapters in the order {listed}, the registry in {registry}")
     problems += [f"notebooks/{n}.ipynb is missing" for n in registry if n not in sources]
     problems += [
-        f"notebooks/{n}.ipynb is not in vlmloc.chapters.CHAPTERS" for n in sources if n not in registry
+        f"notebooks/{n}.ipynb is not in vlmloc.chapter_registry.CHAPTERS"
+        for n in sources
+        if n not in registry
     ]
     return problems
 

@@ -81,6 +81,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .chapter_registry import CHAPTERS
+from .families import FAMILIES
 from .paper import CONTROL_SET, INTERNVL_8B, LLAVA_7B, MEDIATION_PAIRS, MODELS, POSITION_PROBES, RESULTS
 
 __all__ = [
@@ -300,7 +302,11 @@ TEXT_TOKENS: dict[str, dict[str, Any]] = {
                    "answer": {"classification": 3, "localization": 31}},
 }  # fmt: skip
 TASKS = ("classification", "localization")
-MAX_NEW_TOKENS = 24
+
+
+def _new_tokens(shape: ModelShape) -> int:
+    """Tokens a generation may take: the family's answer budget (Qwen2.5-VL's JSON box needs 48)."""
+    return FAMILIES[shape.family].answer_tokens
 
 
 def internvl_tiles(image_size: tuple[int, int], max_tiles: int, tile: int = 448, min_tiles: int = 1) -> int:
@@ -835,19 +841,6 @@ def pass_seconds(g: Geometry, p: Pass, gpu: GPU, dtype: str = "float16", vision_
 # --------------------------------------------------------------------------- chapters
 
 
-#: Each chapter's defaults, as its notebook's ``parameters`` cell sets them (a test checks).
-CHAPTER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "01_data_and_baselines": {"n_samples": 200, "batch_size": 16},
-    "02_containerization": {"n_samples": 100, "batch_size": 16, "ig_steps": 16, "n_reference": 64},
-    "03_views": {"n_samples": 105, "batch_size": 16, "n_reference": 64},
-    "04_position_decoding": {"n_train": 96, "n_test": 64, "epochs": 10, "batch_size": 16, "control": True},
-    "05_attention_knockout": {"n_samples": 64, "batch_size": 64, "window": 4, "stride": 1,
-                              "max_new_tokens": None, "reuse_prefix": True},
-    "06_mediation": {"batch_size": 64, "n_pairs": 50, "n_control_pairs": 10, "compare_positions": True,
-                     "patch_positions": "after_image"},
-    "07_head_ablation": {"n_samples": 120, "batch_size": 16, "ks": [5, 10, 20], "n_draws": 3},
-}  # fmt: skip
-
 #: The fewest objects whose baseline could have kept the paper's control-set pairs
 #: (``paper.CONTROL_SET`` over LLaVA-1.5-7B's Cls): the object count we plan the paper's tables with.
 PAPER_OBJECTS = math.ceil(CONTROL_SET["n_kept"] / (RESULTS[LLAVA_7B]["baseline"]["cls"] / 100))  # type: ignore[operator]
@@ -866,6 +859,10 @@ PAPER_SCALE: dict[str, dict[str, Any]] = {
                      "null_check": False, "attribution": False},
     "07_head_ablation": {"n_samples": PAPER_OBJECTS},
 }  # fmt: skip
+
+#: Each chapter's defaults by name: its parameter schema's (the registry's, which a test holds
+#: against the notebook's ``parameters`` cell), for the chapters the plan prices.
+CHAPTER_DEFAULTS: dict[str, dict[str, Any]] = {c.name: c.defaults for c in CHAPTERS if c.name in PAPER_SCALE}
 
 
 @dataclass(frozen=True)
@@ -905,9 +902,9 @@ def _ch01(shape: ModelShape, p: Mapping, tok: _Tokens) -> list[Pass]:
     n, b = p["n_samples"], p["batch_size"]
     return [
         *_generate(
-            "baseline generation", n, b, tok, {"classification": 1, "localization": 1}, MAX_NEW_TOKENS
+            "baseline generation", n, b, tok, {"classification": 1, "localization": 1}, _new_tokens(shape)
         ),
-        *_generate("control set: inpainted images", n, b, tok, {"classification": 1}, MAX_NEW_TOKENS),
+        *_generate("control set: inpainted images", n, b, tok, {"classification": 1}, _new_tokens(shape)),
     ]
 
 
@@ -923,7 +920,7 @@ def _ch02(shape: ModelShape, p: Mapping, tok: _Tokens) -> list[Pass]:
         _embedding_pass("token sets (LLM input)", n, b, tok),
         *ig,
         *_generate("generation (9 + 11 conditions)", n, b, tok, {"classification": 9, "localization": 11},
-                   MAX_NEW_TOKENS),
+                   _new_tokens(shape)),
     ]  # fmt: skip
 
 
@@ -931,7 +928,7 @@ def _ch03(shape: ModelShape, p: Mapping, tok: _Tokens) -> list[Pass]:
     n, b = p["n_samples"], p["batch_size"]
     return [
         _embedding_pass("mean visual embedding", p["n_reference"], b, tok),
-        *_generate("generation (6 conditions)", n, b, tok, {t: 6 for t in TASKS}, MAX_NEW_TOKENS),
+        *_generate("generation (6 conditions)", n, b, tok, {t: 6 for t in TASKS}, _new_tokens(shape)),
     ]
 
 
@@ -951,7 +948,7 @@ def _ch04(shape: ModelShape, p: Mapping, tok: _Tokens) -> list[Pass]:
 
 
 def _ch05(shape: ModelShape, p: Mapping, tok: _Tokens) -> list[Pass]:
-    n, b, new = p["n_samples"], p["batch_size"], p.get("max_new_tokens") or MAX_NEW_TOKENS
+    n, b, new = p["n_samples"], p["batch_size"], p.get("max_new_tokens") or _new_tokens(shape)
     windows = len(range(0, shape.layers - min(p["window"], shape.layers) + 1, p["stride"])) + 1
     conds = 3 * windows  # object, random, whole image
     out = _generate("baseline generation", n, b, tok, {t: 1 for t in TASKS}, new)
@@ -994,7 +991,7 @@ def _ch07(shape: ModelShape, p: Mapping, tok: _Tokens) -> list[Pass]:
     n, b = p["n_samples"], p["batch_size"]
     per_task = 1 + len(p["ks"]) * 2 * (1 + p["n_draws"])
     label = f"generation (baseline + {per_task - 1} ablations)"
-    return _generate(label, n, b, tok, {t: per_task for t in TASKS}, MAX_NEW_TOKENS)
+    return _generate(label, n, b, tok, {t: per_task for t in TASKS}, _new_tokens(shape))
 
 
 _WORKLOADS: dict[str, Callable[..., list[Pass]]] = {

@@ -506,3 +506,34 @@ def position_summary(
         "control_ok": None,
         **extra,
     }
+
+
+def run_record(
+    train: Sequence[str],
+    test: Sequence[str],
+    params: ProbeParams,
+    config: Mapping[str, Any],
+    *,
+    batch_size: int,
+    batch_mb: float,
+    control_work: Mapping[str, Any],
+    control_cache_mb: float,
+) -> dict:
+    """The run's settings for the chapter's JSON: the split's sizes, the probes' training, the
+    largest streamed batch (MB), the weights, dtype and data of ``config``, and the control's work."""
+    return {
+        "n_train": len(train),
+        "n_test": len(test),
+        "epochs": params.epochs,
+        "batch_size": batch_size,
+        "lr": params.lr,
+        "token_batch": params.token_batch,
+        "streamed": params.cache_mb == 0,
+        "batch_activation_mb": round(batch_mb, 2),
+        "weights": config["model"],
+        "dtype": config["dtype"],
+        "data": config["data"],
+        "seed": params.seed,
+        "control_work": control_work,
+        "control_cache_mb": control_cache_mb,
+    }

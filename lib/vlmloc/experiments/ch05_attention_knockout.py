@@ -166,6 +166,17 @@ class Knockout(Experiment):
 
         return get
 
+    def knockout_condition(self, token_set: str, label: str, layers: Sequence[int]) -> dict[str, Any]:
+        """:meth:`Experiment.run`'s arguments for the knockout of ``token_set`` in ``layers`` (window
+        ``label``): its condition name, its config and the hooks that block the tokens."""
+        return {
+            "condition": f"ko-{token_set}-{label}",
+            "progress": False,
+            "config": {"block": token_set, "layers": layers},
+            "interventions_for": self.interventions_for(token_set, layers),
+            "prefix_for": self.prefix_for(),
+        }
+
     def run_knockout(
         self,
         token_set: str,
@@ -178,15 +189,7 @@ class Knockout(Experiment):
 
         ``samples``: a subset to run now (one batch); see :meth:`Experiment.run`.
         """
-        return self.run(
-            f"ko-{token_set}-{label}",
-            task,
-            False,
-            {"block": token_set, "layers": layers},
-            samples,
-            interventions_for=self.interventions_for(token_set, layers),
-            prefix_for=self.prefix_for(),
-        )
+        return self.run(task=task, samples=samples, **self.knockout_condition(token_set, label, layers))
 
     # --- experiments ---------------------------------------------------------------------------
     def conditions(self, token_sets: Sequence[str] = TOKEN_SETS) -> list[tuple[str, str, list[int]]]:
@@ -211,7 +214,7 @@ class Knockout(Experiment):
             for chunk in chunks:
                 for task in TASKS:
                     for name, label, layers in conds:
-                        self.run_knockout(name, label, layers, task, chunk)
+                        self.run(task=task, samples=chunk, **self.knockout_condition(name, label, layers))
                         bar.update()
                 self._prefixes.clear()
             bar.close()

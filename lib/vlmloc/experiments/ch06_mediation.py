@@ -27,7 +27,7 @@ MF maps, their ranking and comparison are :mod:`vlmloc.mediation_maps`, the stat
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,25 +149,23 @@ class Mediation:
         }
         return self.store.condition(f"{task}-{kind}", cfg)
 
-    def _run(
-        self, task: str, kind: str, pairs: Sequence[MediationPair], fn, extra: Mapping | None = None
-    ) -> dict:
-        log = self._log(task, kind, extra)
+    def _pending(self, log: Any, pairs: Sequence[MediationPair], desc: str) -> Iterator[MediationPair]:
+        """The pairs ``log`` has no record of yet, in order, under a progress bar over all of them."""
         todo = set(log.pending([p.sample_id for p in pairs]))
-        bar = tqdm(pairs, desc=f"{kind} · {task}", disable=not self.params.progress)
-        for p in bar:
+        for p in tqdm(pairs, desc=desc, disable=not self.params.progress):
             if p.sample_id in todo:
-                t0 = time.perf_counter()
-                rec = fn(p)
-                log.append({"sample_id": p.sample_id, **rec, "seconds": round(time.perf_counter() - t0, 4)})
+                yield p
+
+    @staticmethod
+    def _write(log: Any, pair: MediationPair, t0: float, **record: Any) -> None:
+        """Append ``pair``'s record at once (a rerun resumes after it), with its seconds since ``t0``."""
+        log.append({"sample_id": pair.sample_id, **record, "seconds": round(time.perf_counter() - t0, 4)})
+
+    @staticmethod
+    def _by_pair(log: Any, pairs: Sequence[MediationPair]) -> dict:
+        """Every record of ``log``, as ``{sample_id: record}`` in the order of ``pairs``."""
         by_id = {r["sample_id"]: r for r in log.records()}
         return {p.sample_id: by_id[p.sample_id] for p in pairs}
-
-    def _sweep(self, src: Any, base: Any, answer: str, task: str, positions: str | None = None) -> Any:
-        return head_patch_scores(
-            self.vlm, src, base, answer, task, batch_size=self.params.batch_size,
-            positions=positions or self.params.patch_positions,
-        )  # fmt: skip
 
     def exact(self, task: str, positions: str | None = None) -> dict[str, dict]:
         """Every head patched from source into base, per pair: ``p_src``, ``p_base``, ``p_patched`` (layer-major).
@@ -175,28 +173,31 @@ class Mediation:
         ``positions`` overrides the params' ``patch_positions`` (the robustness run of the other setting).
         """
         positions = check_positions(positions or self.params.patch_positions)
-
-        def one(p: MediationPair) -> dict:
-            src, base, answer = p.encode(self.vlm, task)
-            r = self._sweep(src, base, answer, task, positions)
-            return {
-                "p_src": float(r.source.perplexity[0]),
-                "p_base": float(r.base.perplexity[0]),
-                "p_patched": _rounded(r.patched.perplexity),
-            }
-
         kind = "exact" if positions == "after_image" else f"exact-{positions}"
-        return self._run(task, kind, self.pairs, one)
+        log = self._log(task, kind)
+        for p in self._pending(log, self.pairs, f"{kind} · {task}"):
+            t0 = time.perf_counter()
+            src, base, answer = p.encode(self.vlm, task)
+            r = head_patch_scores(
+                self.vlm, src, base, answer, task, batch_size=self.params.batch_size, positions=positions
+            )
+            self._write(
+                log, p, t0,
+                p_src=float(r.source.perplexity[0]),
+                p_base=float(r.base.perplexity[0]),
+                p_patched=_rounded(r.patched.perplexity),
+            )  # fmt: skip
+        return self._by_pair(log, self.pairs)
 
     def attribution(self, task: str) -> dict[str, dict]:
         """Attribution patching per pair: ``p_src``, ``p_base`` and ``dlogp`` (layer-major)."""
-
-        def one(p: MediationPair) -> dict:
+        log = self._log(task, "attribution")
+        for p in self._pending(log, self.pairs, f"attribution · {task}"):
+            t0 = time.perf_counter()
             src, base, answer = p.encode(self.vlm, task)
             a = attribution_patching(self.vlm, src, base, answer, task)
-            return {"p_src": a.p_src, "p_base": a.p_base, "dlogp": _rounded(a.dlogp)}
-
-        return self._run(task, "attribution", self.pairs, one)
+            self._write(log, p, t0, p_src=a.p_src, p_base=a.p_base, dlogp=_rounded(a.dlogp))
+        return self._by_pair(log, self.pairs)
 
     def mf(self, records: Mapping[str, Mapping], **kwargs: Any) -> MFResult:
         """MF of ``records`` over this model's heads, the pairs chosen by the params' ``min_rel_gap``
@@ -255,25 +256,26 @@ class Mediation:
         under this pair's prompt; MF keeps this pair's denominator. Pairs without a partner get
         a record with ``source_id = None`` and no scores.
         """
-
-        def one(p: MediationPair) -> dict:
+        positions = self.params.patch_positions
+        log = self._log(task, "mismatched", None if positions == "after_image" else {"positions": positions})
+        pairs = self.pairs[:n_pairs]
+        for p in self._pending(log, pairs, f"mismatched · {task}"):
+            t0 = time.perf_counter()
             other = self.mismatched_source(p, task)
             if other is None:
-                return {"source_id": None}
+                self._write(log, p, t0, source_id=None)
+                continue
             src, base, answer = p.encode(self.vlm, task, source_image=other.images()[0])
-            r = self._sweep(src, base, answer, task)
-            return {
-                "source_id": other.sample_id,
-                "p_base": float(r.base.perplexity[0]),
-                "p_patched": _rounded(r.patched.perplexity),
-            }
-
-        extra = (
-            None
-            if self.params.patch_positions == "after_image"
-            else {"positions": self.params.patch_positions}
-        )
-        return self._run(task, "mismatched", self.pairs[:n_pairs], one, extra)
+            r = head_patch_scores(
+                self.vlm, src, base, answer, task, batch_size=self.params.batch_size, positions=positions
+            )
+            self._write(
+                log, p, t0,
+                source_id=other.sample_id,
+                p_base=float(r.base.perplexity[0]),
+                p_patched=_rounded(r.patched.perplexity),
+            )  # fmt: skip
+        return self._by_pair(log, pairs)
 
     def ranking_data(self, mismatched: Mapping[str, Mapping[str, Mapping]]) -> dict[str, list]:
         """The objects and images the ranking saw: every pair and every mismatched source.
@@ -305,7 +307,9 @@ class Mediation:
             self.vlm, base, base, answer, task, batch_size=1, reuse_prefix=False, positions=positions
         )
         loop_seconds = time.perf_counter() - t0
-        fast = self._sweep(base, base, answer, task)
+        fast = head_patch_scores(
+            self.vlm, base, base, answer, task, batch_size=self.params.batch_size, positions=positions
+        )
         p_base = float(loop.base.perplexity[0])
 
         def max_mf(r: Any) -> float:

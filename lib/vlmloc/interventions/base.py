@@ -182,28 +182,19 @@ def _run_heads(o_proj: Any, hooks: list[Hook], step: StepInfo, n_heads: int, hea
         o_proj.input = view.reshape(z.shape)
 
 
-def _counted(iv: Intervention, hook: Hook) -> Hook:
-    """``hook`` with a function that first counts the call on ``iv`` (at call time, so a site the
-    forward never reaches, e.g. a generation step after the last, is not counted)."""
-
-    def fn(value: Any, step: StepInfo) -> Any:
-        iv.calls[hook.site] = iv.calls.get(hook.site, 0) + 1
-        return hook.fn(value, step)
-
-    return Hook(hook.site, fn, hook.rank)
-
-
 def run_hooks(vlm: Any, interventions: Sequence[Intervention], step: StepInfo) -> None:
     """Apply every hook of ``interventions`` at ``step``, in forward order. Call inside a trace.
 
-    Every call of a hook is counted on its intervention (:attr:`Intervention.calls`).
+    Every call of a hook is counted on its intervention (:attr:`Intervention.calls`), once its
+    site has run: a site the forward never reaches (a generation step after the last) counts none.
     """
-    hooks = [_counted(iv, h) for iv in interventions for h in iv.hooks(vlm)]
-    if not hooks:
+    owned = [(iv, h) for iv in interventions for h in iv.hooks(vlm)]
+    if not owned:
         return
+    owner = {id(h): iv for iv, h in owned}
     sm = SiteMap(vlm.family.sites, vlm.model)
     n_heads, head_dim = vlm.n_heads, vlm.head_dim
-    for site, group in _grouped(hooks):
+    for site, group in _grouped([h for _, h in owned]):
         kind = site.kind
         if kind == "embeds":
             lm = sm.language_model
@@ -222,3 +213,6 @@ def run_hooks(vlm: Any, interventions: Sequence[Intervention], step: StepInfo) -
             _run_value(sm.projector.output, group, step)
         else:  # layer_out
             _run_value(sm.decoder_layer(site.layer).output, group, step)
+        for h in group[-1:] if kind == "skip" else group:  # a skip runs its last hook only
+            calls = owner[id(h)].calls
+            calls[site] = calls.get(site, 0) + 1

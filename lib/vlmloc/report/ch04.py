@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import pandas as pd
 
 from ..experiments.ch04_position_decoding import (
@@ -34,6 +35,8 @@ __all__ = [
     "peak_table",
     "site_table",
     "tower_finding",
+    "views_finding",
+    "views_table",
 ]
 
 
@@ -335,4 +338,42 @@ def control_finding(summary: Mapping) -> str:
         + "; ".join(verdicts)
         + "."
         + claim
+    )
+
+
+# --------------------------------------------------------------------------- several views (InternVL)
+
+
+def _view_kinds(summary: Mapping) -> dict[str, dict]:
+    """``{site: by_kind}`` of the sites probed over more than one kind of view."""
+    return {s["site"]: s["by_kind"] for s in summary["sites"] if len(s["by_kind"]) > 1}
+
+
+def views_table(summary: Mapping) -> pd.DataFrame | None:
+    """Row, column and cell accuracy per view kind and site; None for a model with one view."""
+    kinds = _view_kinds(summary)
+    if not kinds:
+        return None
+    return pd.DataFrame(
+        {
+            site: {f"{k} {m}": v[f"{m}_acc"] for k, v in bk.items() for m in ("row", "col", "cell")}
+            for site, bk in kinds.items()
+        }  # fmt: skip
+    ).T.round(1)
+
+
+def views_finding(summary: Mapping) -> str | None:
+    """How much better the LLM's rows read on the global view than on the tiles (mean over layers)."""
+    kinds = _view_kinds(summary)
+    if not kinds:
+        return None
+    gl = [
+        bk["global"]["row_acc"] - bk["local"]["row_acc"]
+        for site, bk in kinds.items()
+        if site.startswith("llm.")
+    ]
+    return (
+        f"On {summary['model_id']} one probe serves tiles and thumbnail, and in the LLM its row accuracy is "
+        f"{abs(np.mean(gl)):.1f} points {'higher' if np.mean(gl) > 0 else 'lower'} on the global view "
+        "than on the tiles (mean over layers)."
     )

@@ -6,8 +6,8 @@ the paper's from :mod:`vlmloc.paper`.
 The findings are one sentence each, with the model named and the paper's number beside ours.
 The cost model (the FLOPs and the memory of the three ways to get every head's MF on the real
 models: exact sweep, exact sweep with the prefix reused, attribution patching) is
-:mod:`vlmloc.gpu_cost`'s, re-exported here, so the chapter can say what a run costs on one GPU
-before anyone starts it.
+:mod:`vlmloc.gpu_cost`'s: the chapter calls it to say what a run costs on one GPU before anyone
+starts it.
 """
 
 from __future__ import annotations
@@ -19,17 +19,6 @@ import pandas as pd
 
 from ..experiments.ch06_mediation import CHAPTER
 from ..families import FAMILIES
-from ..gpu_cost import (  # the cost model, re-exported under the chapter's names
-    GPU,
-    H100,
-    METHODS,
-    REAL_GEOMETRIES,
-    Geometry,
-    cost_table,
-    geometry_of,
-    method_costs,
-    toy_cost_table,
-)
 from ..mediation_maps import MFResult, overlap, top_heads
 from ..paper import (
     MEDIATION_LAYERS,
@@ -42,12 +31,6 @@ from ..stats import chance_overlap, overlap_p_value, sparsity, spearman
 from .common import chapter_runs
 
 __all__ = [
-    "GPU",
-    "H100",
-    "METHODS",
-    "REAL_GEOMETRIES",
-    "Geometry",
-    "cost_table",
     "finding_attribution",
     "finding_controls",
     "finding_map",
@@ -55,15 +38,12 @@ __all__ = [
     "finding_positions",
     "finding_precision",
     "finding_sparsity",
-    "geometry_of",
-    "method_costs",
     "paper_band",
     "paper_layers",
     "paper_model",
     "results_table",
     "robustness_table",
     "top_table",
-    "toy_cost_table",
 ]
 
 
