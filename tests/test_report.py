@@ -129,3 +129,17 @@ def test_chapter4_tower_finding_says_which_way_accuracy_moves_and_when_it_is_at_
     near = tower_finding(summary(4.8, 5.8))
     assert "rises from 4.8%" in near and "almost no position" in near
     assert "falls from 75.6%" in tower_finding(summary(75.6, 47.6))
+
+
+def test_chapter4_axis_finding_gives_the_familys_reason_for_rows_beating_columns():
+    from vlmloc.report.ch04 import axis_finding
+
+    def summary(row, col):
+        best = {"site": "llm.6", "row_acc": row, "col_acc": col, "cell_acc": 20.0}
+        return {"model_id": "toy", "peaks": {"llm": best}, "chance": {"row": 8.3, "col": 8.3, "cell": 0.69}}
+
+    assert "1-D sequence gives its row" in axis_finding(summary(71.9, 35.9))
+    assert "1-D sequence gives its row" in axis_finding(summary(71.9, 35.9), "internvl")
+    qwen = axis_finding(summary(71.9, 35.9), "qwen2_5_vl")
+    assert "M-RoPE" in qwen and "1-D" not in qwen
+    assert axis_finding(summary(40.0, 38.0), "qwen2_5_vl").count("alike") == 1  # no reason without a gap

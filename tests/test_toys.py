@@ -20,7 +20,7 @@ PRECISE = ["toy-llava-precise", "toy-internvl-precise"]
 SMOKE_BAR = {
     "toy-llava": (10, 10),
     "toy-internvl": (10, 10),
-    "toy-qwen": (9, 6),  # at release 11 named and 8 boxed: its Loc is the weakest (see its card)
+    "toy-qwen": (10, 10),  # at release 11 named and 11 boxed
     "toy-llava-precise": (10, 10),
     "toy-internvl-precise": (10, 10),
 }
@@ -72,6 +72,32 @@ def test_qwen_training_logits_equal_the_models_own_forward():
                 full_targets += answer
     assert targets == full_targets
     assert torch.allclose(shared, torch.cat(full), atol=1e-4), (shared - torch.cat(full)).abs().max()
+
+
+def _width_turn(theta: float, mrope: list[int], head_dim: int, tokens: int) -> float:
+    """The least angle (rad) any of M-RoPE's width pairs turns across ``tokens`` image columns: the
+    width section is the last ``mrope[2]`` of the ``head_dim / 2`` rotary frequencies."""
+    half = head_dim // 2
+    freqs = [theta ** (-2 * j / head_dim) for j in range(half)]
+    return min(freqs[half - mrope[2] :]) * tokens
+
+
+def test_toy_qwen_can_tell_left_from_right_in_its_rotary_positions():
+    """toy-qwen's tower says what, not where, so the decoder reads a token's column from M-RoPE's
+    width pairs alone: they must turn a radian or more across the widest toy row (96 px / 8 px =
+    12 tokens). At Qwen2.5-VL's own base (1e6) on a 16-wide head they turn 0.002 rad or less: the first
+    toy-qwen, trained so, placed boxes left-right five times worse than up-down."""
+    from vlmloc.toys.qwen import QWEN_ROPE_THETA, QWEN_TOY_GEOMETRY, QWEN_TOY_TEXT
+
+    cfg = json.loads((TOY_DIR / "toy-qwen" / "config.json").read_text())["text_config"]
+    rope = cfg["rope_parameters"]
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    row = int(QWEN_TOY_GEOMETRY["max_pixels"] ** 0.5) // (
+        QWEN_TOY_GEOMETRY["patch"] * QWEN_TOY_GEOMETRY["merge"]
+    )
+    assert rope["rope_theta"] == QWEN_TOY_TEXT["rope_theta"], "the checkpoint and its builder disagree"
+    assert _width_turn(rope["rope_theta"], rope["mrope_section"], head_dim, row) >= 1.0
+    assert _width_turn(QWEN_ROPE_THETA, rope["mrope_section"], head_dim, row) < 0.01
 
 
 def test_qwen_prompts_expand_as_its_processor_does():

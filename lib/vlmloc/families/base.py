@@ -54,6 +54,11 @@ class Family(ABC):
     paper_model: ClassVar[str | None] = None
     #: Greedy answer length the chapters generate by default: room for one box in the family's format.
     answer_tokens: ClassVar[int] = 24
+    #: Why rows can read better than columns in the LLM (chapter 4): how the decoder's positions
+    #: tell a token's row and column apart.
+    row_column_cue: ClassVar[str] = (
+        "a token's place in the 1-D sequence gives its row directly, while its column needs the row breaks"
+    )
 
     # --- prompts -------------------------------------------------------------------------------
     def question(self, task: Task, category: str) -> str:

@@ -53,6 +53,8 @@ class Qwen25VLFamily(Family):
     name = "qwen2_5_vl"
     # A JSON box in a fenced block, digits one token each in Qwen2's tokenizer: ~31 tokens to the label.
     answer_tokens = 48
+    # M-RoPE gives rows the middle rotary frequencies and columns the slowest ones.
+    row_column_cue = "M-RoPE gives both, but its row pairs turn faster than its column pairs"
     hf_class = Qwen2_5_VLForConditionalGeneration
     # The merger (2 x 2 patches -> one LLM token) lives inside the vision tower. Its output, like
     # the blocks' outputs, is in the tower's window order, not the token order: the tower puts the

@@ -20,6 +20,7 @@ from ..experiments.ch04_position_decoding import (
     mean_row_col,
     paper_scale_cost,
 )
+from ..families import FAMILIES, Family
 from ..paper import MODELS, POSITION_PEAKS, POSITION_PROBES
 from .common import chapter_runs
 
@@ -245,13 +246,14 @@ def decoding_finding(summary: Mapping) -> str:
     return head + tail + ref + "."
 
 
-def axis_finding(summary: Mapping) -> str:
-    """Rows against columns at the best LLM layer (the paper reports them together)."""
+def axis_finding(summary: Mapping, family: str | None = None) -> str:
+    """Rows against columns at the best LLM layer (the paper reports them together); ``family``
+    says how its decoder's positions tell rows from columns (None: 1-D positions, as LLaVA's)."""
     best, ch = summary["peaks"]["llm"], summary["chance"]
     r, c = best["row_acc"], best["col_acc"]
     if r - c > 15:
-        what = ("rows come back far better than columns: a token's place in the 1-D sequence gives its row "
-                "directly, while its column needs the row breaks")  # fmt: skip
+        cue = (FAMILIES[family] if family else Family).row_column_cue
+        what = f"rows come back far better than columns: {cue}"
     elif c - r > 15:
         what = "columns come back far better than rows"
     else:

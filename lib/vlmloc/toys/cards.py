@@ -91,6 +91,11 @@ def grounding(card: dict) -> str:
     return "weak"
 
 
+def _rope_theta(text_config) -> float:
+    params = getattr(text_config, "rope_parameters", None) or {}
+    return float(params.get("rope_theta", getattr(text_config, "rope_theta", 10000.0)))
+
+
 def model_card(card: dict, config, name: str | None = None) -> str:
     """A short human-readable card from the training record."""
     h = card.get("held_out") or {}
@@ -104,7 +109,8 @@ def model_card(card: dict, config, name: str | None = None) -> str:
         "",
         GROUNDING_TEXT[grounding(card)],
         "",
-        f"- decoder: {tc.model_type}, {tc.num_hidden_layers} layers, {tc.num_attention_heads} heads, width {tc.hidden_size}",
+        f"- decoder: {tc.model_type}, {tc.num_hidden_layers} layers, {tc.num_attention_heads} heads, "
+        f"width {tc.hidden_size}, rotary base {_rope_theta(tc):g}",
         f"- vision tower: {vc.model_type}, {vc.num_hidden_layers} layers, width {vc.hidden_size}",
         f"- parameters: {card['n_parameters']:,}",
         f"- training scenes: seed {card['args']['seed']}, {card['args']['n_scenes']} scenes, "
@@ -152,7 +158,14 @@ def _phase_table(card: dict) -> list[str]:
             f"| {_steps_done(ph, 'stage1')} | {_steps_done(ph, 'stage2')} "
             f"| {ph['seconds']['total'] / 60:.0f} | {cls} | {loc} |"
         )
-    return [*rows, ""]
+    rows.append("")
+    for k, ph in enumerate([*card.get("history", []), card], 1):
+        if ph["args"].get("rope_theta") is not None:
+            rows += [
+                f"Phase {k} set the decoder's rotary base to {ph['args']['rope_theta']:g} (`--rope-theta`).",
+                "",
+            ]
+    return rows
 
 
 def _tower(phase: dict) -> str:

@@ -75,8 +75,12 @@ QWEN_REAL_GEOMETRY = dict(
     fullatt=(1, 3),
     vision_heads=2,
 )
+#: Qwen2.5-VL's own rotary base (3B and 7B); the tiny random model keeps it.
+QWEN_ROPE_THETA = 1000000.0
 #: The decoder: grouped-query attention like the 3B (16 heads / 2 KV heads), scaled down.
-QWEN_TINY_TEXT = dict(width=64, layers=2, heads=4, kv_heads=2, mlp=128, mrope=(2, 3, 3))
+QWEN_TINY_TEXT = dict(
+    width=64, layers=2, heads=4, kv_heads=2, mlp=128, mrope=(2, 3, 3), rope_theta=QWEN_ROPE_THETA
+)
 
 #: The trained toy (``toy-qwen``): the real pipeline scaled like the other toys. 4 px patches merged
 #: 2 x 2, so one LLM token covers 8 x 8 resized pixels as in toy-llava; ``max_pixels`` of 96 x 96
@@ -97,7 +101,12 @@ QWEN_TOY_GEOMETRY = dict(
 )
 #: The toy's decoder: the other toys' sizes (8 layers, 8 heads of 16, width 128), grouped-query
 #: attention with 2 KV heads; M-RoPE sections over the 8 rotary pairs of a 16-wide head.
-QWEN_TOY_TEXT = dict(width=128, layers=8, heads=8, kv_heads=2, mlp=256, mrope=(2, 3, 3))
+#: ``rope_theta`` 10, not Qwen's 1e6: M-RoPE gives the last (slowest) pairs to the width axis, and
+#: with 8 pairs at 1e6 they turn under 0.003 rad across a 12-token row, so a decoder fed CLIP-like
+#: tokens could not tell left from right (first toy-qwen: mean |dx| 15.6% of the width against
+#: |dy| 3.2%). At 10 the width pairs turn 1.6 to 2.9 rad across the row. The real model reads width
+#: from its tower instead (see the README's toy-qwen paragraph).
+QWEN_TOY_TEXT = dict(width=128, layers=8, heads=8, kv_heads=2, mlp=256, mrope=(2, 3, 3), rope_theta=10.0)
 
 _SPLIT = Regex(r'"bbox_2d"|"label"|\d+\.\d+|\d+|[\[\]{},.?:"`]')
 
@@ -152,7 +161,7 @@ def toy_qwen2_5_vl(
             max_position_embeddings=4096,
             rope_parameters={
                 "rope_type": "default",
-                "rope_theta": 1000000.0,
+                "rope_theta": t.get("rope_theta", QWEN_ROPE_THETA),
                 "mrope_section": list(t["mrope"]),
             },
             bos_token_id=ids["<|endoftext|>"],

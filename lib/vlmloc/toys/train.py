@@ -549,6 +549,16 @@ def quick_eval(family: str, model, processor, scenes: list[Scene], batch: int = 
     }
 
 
+def set_rope_theta(config, theta: float) -> None:
+    """Set the decoder's rotary base in ``config`` before the model is built from it (the rotary
+    embedding computes its frequencies once, at construction)."""
+    text = config.get_text_config()
+    if getattr(text, "rope_parameters", None):
+        text.rope_parameters["rope_theta"] = theta
+    else:
+        text.rope_theta = theta
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", choices=sorted(BUILDERS), required=True)
@@ -586,7 +596,16 @@ def main(argv: list[str] | None = None) -> None:
         help="a fresh tower (seeded) with the projector and decoder of this checkpoint folder: "
         "retrains the tower without relearning the answer format from nothing",
     )
+    p.add_argument(
+        "--rope-theta",
+        type=float,
+        default=None,
+        help="set the decoder's rotary base for this phase (a warm start keeps the weights): how "
+        "toy-qwen's second phase left Qwen's 1e6, under which its M-RoPE width pairs hardly turn",
+    )
     a = p.parse_args(argv)
+    if a.rope_theta is not None and not (a.init_from or a.decoder_from):
+        p.error("--rope-theta changes a warm start's decoder; a fresh toy takes its builder's rotary base")
     if a.seed == EVAL_SEED:
         p.error("the training seed must differ from the held-out EVAL_SEED")
     if a.threads:
@@ -596,11 +615,14 @@ def main(argv: list[str] | None = None) -> None:
     if a.init_from and a.decoder_from:
         p.error("--init-from and --decoder-from exclude each other")
     if a.init_from or a.decoder_from:
-        from transformers import AutoProcessor
+        from transformers import AutoConfig, AutoProcessor
 
+        config = AutoConfig.from_pretrained(a.init_from or a.decoder_from)
+        if a.rope_theta is not None:
+            set_rope_theta(config, a.rope_theta)
         model = (
             FAMILIES[a.family]
-            .hf_class.from_pretrained(a.init_from or a.decoder_from, dtype=torch.float32)
+            .hf_class.from_pretrained(a.init_from or a.decoder_from, config=config, dtype=torch.float32)
             .eval()
         )
         processor = AutoProcessor.from_pretrained(a.init_from or a.decoder_from)
